@@ -1,0 +1,47 @@
+"""The protocol every number format implements.
+
+A format is a frozen dataclass holding only its defining parameters; everything else is a
+derived property. :func:`qtorch.quantize` talks to a format only through this protocol.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import torch
+
+from qtorch.rounding import Rounding
+
+
+class Format(abc.ABC):
+    """Base class of all number formats.
+
+    Subclasses are ``@dataclass(frozen=True)`` and implement :meth:`quantize_kernel`. Formats
+    with a fixed bit width also implement :meth:`encode` and :meth:`decode` (exact inverses on
+    representable values) and, for at most 16 bits, :meth:`values`.
+    """
+
+    #: Rounding modes the format accepts; :func:`qtorch.quantize` rejects the others.
+    roundings: ClassVar[frozenset[Rounding]] = frozenset({Rounding.NEAREST, Rounding.STOCHASTIC})
+
+    @abc.abstractmethod
+    def quantize_kernel(
+        self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Quantize ``x`` (float32 or float64, any shape and strides) in pure tensor code.
+
+        ``noise`` is uniform on [0, 1), of ``x``'s shape and dtype, when ``rounding`` is
+        :attr:`Rounding.STOCHASTIC`, else ``None``. Must not modify ``x`` and must not branch
+        in Python on tensor values, so that ``torch.compile`` can fuse it.
+        """
+
+    def check_rounding(self, rounding: Rounding | str) -> Rounding:
+        """Parse ``rounding`` and check that this format supports it (``ValueError`` if not)."""
+        mode = Rounding.parse(rounding)
+        if mode not in self.roundings:
+            allowed = ", ".join(sorted(repr(m.value) for m in self.roundings))
+            raise ValueError(
+                f"{type(self).__name__}: rounding must be one of {allowed}, got {mode.value!r}"
+            )
+        return mode

@@ -1,0 +1,1 @@
+"""Pure tensor functions on float bits: no format objects, no Python branching on values."""

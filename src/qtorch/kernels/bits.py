@@ -1,0 +1,78 @@
+"""Bit-level helpers on IEEE binary32 / binary64 tensors.
+
+All functions are branch-free elementwise tensor code that works for float32 (int32 views)
+and float64 (int64 views), on any device, and under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class FloatLayout:
+    """The bit layout of a working float dtype."""
+
+    dtype: torch.dtype
+    int_dtype: torch.dtype
+    mantissa_bits: int
+    exponent_bits: int
+
+    @property
+    def bias(self) -> int:
+        return (1 << (self.exponent_bits - 1)) - 1
+
+    @property
+    def min_normal_exp(self) -> int:
+        return 1 - self.bias
+
+
+FLOAT32 = FloatLayout(torch.float32, torch.int32, 23, 8)
+FLOAT64 = FloatLayout(torch.float64, torch.int64, 52, 11)
+
+
+def layout(dtype: torch.dtype) -> FloatLayout:
+    """Layout of a working dtype (float32 or float64)."""
+    if dtype == torch.float32:
+        return FLOAT32
+    if dtype == torch.float64:
+        return FLOAT64
+    raise TypeError(f"working dtype must be float32 or float64, got {dtype}")
+
+
+def exponent(x: torch.Tensor) -> torch.Tensor:
+    """floor(log2(|x|)) as an int32 tensor, exact for every finite nonzero x.
+
+    Subnormal inputs are normalised first (an exact power-of-two scaling). For ±0 the result
+    is ``min_normal_exp - mantissa_bits - 2`` (below every nonzero value); for ±Inf and NaN it
+    is ``bias + 1``.
+    """
+    lay = layout(x.dtype)
+    shift = lay.mantissa_bits + 1
+    small = x.abs() < 2.0**lay.min_normal_exp
+    xs = torch.where(small, x * 2.0**shift, x)
+    field = (xs.view(lay.int_dtype) >> lay.mantissa_bits) & ((1 << lay.exponent_bits) - 1)
+    e = field - lay.bias - small.to(lay.int_dtype) * shift
+    return e.to(torch.int32)
+
+
+def pow2(e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """2**e in ``dtype``, exact; ``e`` is clamped to the dtype's normal exponent range."""
+    lay = layout(dtype)
+    e = e.to(lay.int_dtype).clamp(lay.min_normal_exp, lay.bias)
+    return ((e + lay.bias) << lay.mantissa_bits).view(dtype)
+
+
+def ldexp(x: torch.Tensor, e: torch.Tensor | int) -> torch.Tensor:
+    """x * 2**e, exact whenever the result and x * 2**(e // 2) are representable.
+
+    The power of two is applied in two halves so that e itself may lie outside the dtype's
+    exponent range (|e| up to twice the bias), as when a float32 subnormal is scaled to an
+    integer. ±Inf and NaN pass through; overflow gives ±Inf.
+    """
+    if isinstance(e, int):
+        e = torch.tensor(e, dtype=torch.int32, device=x.device)
+    e1 = torch.div(e, 2, rounding_mode="floor")
+    return x * pow2(e1, x.dtype) * pow2(e - e1, x.dtype)

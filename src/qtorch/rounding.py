@@ -1,0 +1,41 @@
+"""Rounding modes: a closed set, accepted as strings at the API edge."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Rounding(enum.Enum):
+    """How a value between two neighbouring representable values is resolved."""
+
+    #: Round to the nearest representable value; ties go to the even code.
+    NEAREST = "nearest"
+    #: Round up with probability (x - lower) / (upper - lower), else down: unbiased.
+    STOCHASTIC = "stochastic"
+    #: Round toward zero (truncate the magnitude).
+    TOWARD_ZERO = "toward_zero"
+    #: Round toward -Inf.
+    DOWN = "down"
+    #: Round toward +Inf.
+    UP = "up"
+
+    @classmethod
+    def parse(cls, value: Rounding | str) -> Rounding:
+        """Return the member for ``value`` (a member or its string name).
+
+        >>> Rounding.parse("nearest")
+        <Rounding.NEAREST: 'nearest'>
+        """
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value.lower())
+            except ValueError:
+                pass
+        allowed = ", ".join(repr(m.value) for m in cls)
+        raise ValueError(f"rounding must be one of {allowed}, got {value!r}")
+
+
+DIRECTED = frozenset({Rounding.TOWARD_ZERO, Rounding.DOWN, Rounding.UP})
+"""The deterministic directed modes (IEEE 754 roundTowardZero / Negative / Positive)."""
