@@ -58,3 +58,17 @@ def quantize(
     if q is x:
         q = q.clone()
     return q.to(x.dtype)
+
+
+def quantize_(
+    x: torch.Tensor,
+    fmt: Format,
+    rounding: Rounding | str = "nearest",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """In-place :func:`quantize`: overwrite x with its rounding to ``fmt`` and return x.
+
+    Same contract as :func:`quantize` (x must be a floating tensor of an accepted dtype).
+    """
+    x.copy_(quantize(x, fmt, rounding, generator))
+    return x
