@@ -5,9 +5,22 @@ from __future__ import annotations
 import torch
 
 from qtorch.formats.base import Format
+from qtorch.kernels import fused
 from qtorch.rounding import Rounding
 
 _ACCEPTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def working_dtype(x: torch.Tensor, caller: str = "quantize") -> torch.dtype:
+    """Check the input contract and return x's working dtype (float32 or float64).
+
+    float16 and bfloat16 work in float32 (exactly); other dtypes raise ``TypeError``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{caller}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _ACCEPTED:
+        raise TypeError(f"{caller}: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def working_tensor(x: torch.Tensor, caller: str = "quantize") -> torch.Tensor:
@@ -15,18 +28,18 @@ def working_tensor(x: torch.Tensor, caller: str = "quantize") -> torch.Tensor:
 
     float16 and bfloat16 are widened to float32 (exactly); other dtypes raise ``TypeError``.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{caller}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _ACCEPTED:
-        raise TypeError(f"{caller}: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return x.float()
-    return x
+    return x.to(working_dtype(x, caller))
 
 
-def uniform_noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Uniform [0, 1) noise shaped like ``x`` from ``generator`` or the device's torch RNG."""
-    return torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+def uniform_noise(
+    x: torch.Tensor, generator: torch.Generator | None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Uniform [0, 1) noise shaped like ``x`` from ``generator`` or the device's torch RNG.
+
+    The noise has ``dtype`` (default: x's dtype) and is contiguous.
+    """
+    dtype = x.dtype if dtype is None else dtype
+    return torch.rand(x.shape, dtype=dtype, device=x.device, generator=generator)
 
 
 def quantize(
@@ -48,16 +61,10 @@ def quantize(
 
     What NaN, ±Inf and overflow do is the format's choice and is documented on each format.
     For float16/bfloat16 inputs the rounded float32 value is cast back to x's dtype.
+    The work runs as one fused compiled kernel or as the eager reference, as
+    :func:`qtorch.set_kernel_mode` says; both give bit-identical results.
     """
-    if not isinstance(fmt, Format):
-        raise TypeError(f"quantize: fmt must be a qtorch format, got {type(fmt).__name__}")
-    mode = fmt.check_rounding(rounding)
-    work = working_tensor(x)
-    noise = uniform_noise(work, generator) if mode is Rounding.STOCHASTIC else None
-    q = fmt.quantize_kernel(work, mode, noise)
-    if q is x:
-        q = q.clone()
-    return q.to(x.dtype)
+    return _dispatch(x, fmt, rounding, generator, inplace=False, caller="quantize")
 
 
 def quantize_(
@@ -68,7 +75,32 @@ def quantize_(
 ) -> torch.Tensor:
     """In-place :func:`quantize`: overwrite x with its rounding to ``fmt`` and return x.
 
-    Same contract as :func:`quantize` (x must be a floating tensor of an accepted dtype).
+    Same contract as :func:`quantize` (x must be a floating tensor of an accepted dtype);
+    the same seed gives the same result. On the compiled path a contiguous x is rewritten by
+    the kernel itself, without a full-size temporary.
     """
-    x.copy_(quantize(x, fmt, rounding, generator))
-    return x
+    return _dispatch(x, fmt, rounding, generator, inplace=True, caller="quantize_")
+
+
+def _dispatch(
+    x: torch.Tensor,
+    fmt: Format,
+    rounding: Rounding | str,
+    generator: torch.Generator | None,
+    inplace: bool,
+    caller: str,
+) -> torch.Tensor:
+    """Validate, draw the noise, then run the compiled kernel or the eager reference."""
+    if not isinstance(fmt, Format):
+        raise TypeError(f"{caller}: fmt must be a qtorch format, got {type(fmt).__name__}")
+    mode = fmt.check_rounding(rounding)
+    dtype = working_dtype(x, caller)
+    noise = uniform_noise(x, generator, dtype) if mode is Rounding.STOCHASTIC else None
+
+    def eager() -> torch.Tensor:
+        q = fmt.quantize_kernel(x.to(dtype), mode, noise)
+        if inplace:
+            return x.copy_(q)
+        return q.clone() if q is x else q.to(x.dtype)
+
+    return fused.quantize(x, fmt, mode, noise, inplace, eager)

@@ -25,6 +25,11 @@ class Format(abc.ABC):
     #: Rounding modes the format accepts; :func:`qtorch.quantize` rejects the others.
     roundings: ClassVar[frozenset[Rounding]] = frozenset({Rounding.NEAREST, Rounding.STOCHASTIC})
 
+    #: True when each output element depends only on the same input element (and its noise),
+    #: so the compiled path may flatten the tensor. Formats that reduce over the tensor
+    #: (block floating point, MX: a shared exponent per block) set this to False.
+    elementwise: ClassVar[bool] = True
+
     @abc.abstractmethod
     def quantize_kernel(
         self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None

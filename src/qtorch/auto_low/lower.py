@@ -1,0 +1,250 @@
+"""Insert quantizers into an existing model: ``lower`` (in place), ``sequential_lower`` (copy).
+
+A lowered layer keeps its class, its ``forward`` and its ``state_dict`` keys. It gains a
+child :class:`~qtorch.quant.Quantizer` named ``qtorch_output`` and a forward hook that
+passes the layer's output through it; with ``weight_number`` it also gains a child
+``qtorch_weight`` and a forward pre-hook that rounds the layer's own parameters in place.
+Hooks and children are ordinary module state, so lowered models survive
+``copy.deepcopy``, pickling, ``state_dict`` round trips and ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from qtorch.formats.base import Format
+from qtorch.quant.quantizer import Quantizer
+from qtorch.quantize import quantize_
+from qtorch.rounding import Rounding
+
+__all__ = ["LAYER_TYPES", "WeightQuantizer", "lower", "sequential_lower"]
+
+
+def _classes(names: str) -> tuple[type[nn.Module], ...]:
+    return tuple(getattr(nn, name) for name in names.split())
+
+
+#: The layer-type names of QPyTorch and the module classes each one covers (subclasses
+#: included, so lazy variants and user subclasses are reached too).
+LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
+    "conv": _classes(
+        "Conv1d Conv2d Conv3d ConvTranspose1d ConvTranspose2d ConvTranspose3d Unfold Fold"
+    ),
+    "linear": _classes("Linear Bilinear"),
+    "pool": _classes(
+        "MaxPool1d MaxPool2d MaxPool3d MaxUnpool1d MaxUnpool2d MaxUnpool3d AvgPool1d AvgPool2d "
+        "AvgPool3d FractionalMaxPool2d FractionalMaxPool3d LPPool1d LPPool2d LPPool3d "
+        "AdaptiveMaxPool1d AdaptiveMaxPool2d AdaptiveMaxPool3d AdaptiveAvgPool1d "
+        "AdaptiveAvgPool2d AdaptiveAvgPool3d"
+    ),
+    "pad": _classes(
+        "ReflectionPad1d ReflectionPad2d ReflectionPad3d ReplicationPad1d ReplicationPad2d "
+        "ReplicationPad3d ZeroPad1d ZeroPad2d ZeroPad3d ConstantPad1d ConstantPad2d "
+        "ConstantPad3d CircularPad1d CircularPad2d CircularPad3d"
+    ),
+    "activation": _classes(
+        "ELU CELU GELU GLU Hardshrink Hardsigmoid Hardswish Hardtanh LeakyReLU LogSigmoid Mish "
+        "PReLU ReLU ReLU6 RReLU SELU SiLU Sigmoid Softplus Softshrink Softsign Tanh Tanhshrink "
+        "Threshold Softmin Softmax Softmax2d LogSoftmax"
+    ),
+    "normalization": _classes(
+        "BatchNorm1d BatchNorm2d BatchNorm3d SyncBatchNorm GroupNorm InstanceNorm1d "
+        "InstanceNorm2d InstanceNorm3d LayerNorm LocalResponseNorm RMSNorm"
+    ),
+    "dropout": _classes("Dropout Dropout1d Dropout2d Dropout3d AlphaDropout FeatureAlphaDropout"),
+    "loss": _classes(
+        "L1Loss MSELoss CrossEntropyLoss NLLLoss PoissonNLLLoss GaussianNLLLoss KLDivLoss BCELoss "
+        "BCEWithLogitsLoss MarginRankingLoss HingeEmbeddingLoss MultiLabelMarginLoss HuberLoss "
+        "SmoothL1Loss SoftMarginLoss MultiLabelSoftMarginLoss CosineEmbeddingLoss "
+        "MultiMarginLoss TripletMarginLoss CTCLoss"
+    ),
+}
+
+OUTPUT_NAME = "qtorch_output"
+WEIGHT_NAME = "qtorch_weight"
+
+
+class WeightQuantizer(nn.Module):
+    """Rounds the parameters a layer owns directly (weight, bias, ...) in place.
+
+    Floating-point parameters only, under ``torch.no_grad()``; parameters of sub-modules
+    are left to their own lowering.
+    """
+
+    def __init__(self, number: Format, rounding: Rounding | str = "stochastic") -> None:
+        super().__init__()
+        if not isinstance(number, Format):
+            raise TypeError(f"lower: weight_number must be a qtorch format, got {number!r}")
+        self.number = number
+        self.rounding = number.check_rounding(rounding)
+
+    @torch.no_grad()
+    def forward(self, layer: nn.Module) -> None:
+        for param in layer.parameters(recurse=False):
+            if param.is_floating_point():
+                quantize_(param, self.number, self.rounding)
+
+    def extra_repr(self) -> str:
+        return f"number={self.number!r}, rounding={self.rounding.value!r}"
+
+
+def _quantize_output(layer: nn.Module, args: Any, output: Any) -> Any:
+    """Forward hook: pass the floating-point tensors of the output through the quantizer."""
+    quant = getattr(layer, OUTPUT_NAME)
+    return _map_tensors(quant, output)
+
+
+def _map_tensors(quant: nn.Module, value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return quant(value) if value.is_floating_point() else value
+    if isinstance(value, tuple | list):
+        return type(value)(_map_tensors(quant, v) for v in value)
+    return value
+
+
+def _round_weights(layer: nn.Module, args: Any) -> None:
+    """Forward pre-hook: round the layer's own parameters in place."""
+    getattr(layer, WEIGHT_NAME)(layer)
+
+
+def _settings_per_type(
+    layer_types: Iterable[str] | Mapping[str, Mapping[str, Any]], defaults: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Resolve ``layer_types`` to {type name: full keyword settings}; check every name."""
+    accepted = ", ".join(repr(name) for name in LAYER_TYPES)
+    if isinstance(layer_types, str):
+        raise TypeError(
+            f"lower: layer_types must be a list of names, got the string {layer_types!r}"
+        )
+    if isinstance(layer_types, Mapping):
+        items = list(layer_types.items())
+    else:
+        items = [(name, {}) for name in layer_types]
+    settings: dict[str, dict[str, Any]] = {}
+    for name, overrides in items:
+        if name not in LAYER_TYPES:
+            raise ValueError(f"lower: unknown layer type {name!r}; accepted: {accepted}")
+        unknown = set(overrides) - set(defaults)
+        if unknown:
+            raise ValueError(
+                f"lower: unknown setting(s) {sorted(unknown)} for {name!r}; "
+                f"accepted: {sorted(defaults)}"
+            )
+        settings[name] = {**defaults, **overrides}
+    return settings
+
+
+def lower(
+    model: nn.Module,
+    layer_types: Iterable[str] | Mapping[str, Mapping[str, Any]] = (),
+    forward_number: Format | None = None,
+    backward_number: Format | None = None,
+    forward_rounding: Rounding | str = "stochastic",
+    backward_rounding: Rounding | str = "stochastic",
+    *,
+    weight_number: Format | None = None,
+    weight_rounding: Rounding | str = "stochastic",
+) -> nn.Module:
+    """Quantize the outputs (and optionally the weights) of chosen layers, in place.
+
+    Every sub-module of ``model`` (nested ``Sequential``, ``ModuleList``, ``ModuleDict`` and
+    custom modules included) that is an instance of a class of one of ``layer_types`` (see
+    :data:`LAYER_TYPES`) gets a :class:`~qtorch.quant.Quantizer` on its output: forward
+    values rounded to ``forward_number``, their gradients to ``backward_number``. Output
+    tuples and lists have each floating-point tensor quantized. With ``weight_number``, the
+    layer's own floating-point parameters are rounded in place to it before every forward
+    pass. Lowering a layer again replaces its quantizers.
+
+    Args:
+        model: the model, modified in place (and returned).
+        layer_types: names from ``"conv"``, ``"linear"``, ``"pool"``, ``"pad"``,
+            ``"activation"``, ``"normalization"``, ``"dropout"``, ``"loss"``; or a dict
+            from such a name to keyword overrides for that type, e.g.
+            ``{"conv": {"forward_number": fp8}, "linear": {}}``.
+        forward_number: format of the outputs (``None``: unchanged).
+        backward_number: format of the gradients of the outputs (``None``: unchanged).
+        forward_rounding: rounding mode of the outputs.
+        backward_rounding: rounding mode of their gradients.
+        weight_number: format of the layers' own parameters (``None``: left alone).
+        weight_rounding: rounding mode of the parameters.
+
+    Raises:
+        ValueError: an unknown layer type name (the message lists the accepted ones) or a
+            rounding mode the format does not accept.
+
+    >>> net = lower(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), ["activation"])
+    >>> net[1].qtorch_output  # doctest: +ELLIPSIS
+    Quantizer(forward_number=None, forward_rounding='stochastic', ...)
+    """
+    defaults = {
+        "forward_number": forward_number,
+        "backward_number": backward_number,
+        "forward_rounding": forward_rounding,
+        "backward_rounding": backward_rounding,
+        "weight_number": weight_number,
+        "weight_rounding": weight_rounding,
+    }
+    settings = _settings_per_type(layer_types, defaults)
+    plans = []
+    for name, s in settings.items():
+        output = Quantizer(
+            s["forward_number"], s["backward_number"], s["forward_rounding"], s["backward_rounding"]
+        )
+        weight = None
+        if s["weight_number"] is not None:
+            weight = WeightQuantizer(s["weight_number"], s["weight_rounding"])
+        plans.append((LAYER_TYPES[name], output, weight))
+
+    for layer in list(model.modules()):
+        for classes, output, weight in plans:
+            if isinstance(layer, classes):
+                _attach(layer, output, weight)
+                break
+    return model
+
+
+def _attach(layer: nn.Module, output: Quantizer, weight: WeightQuantizer | None) -> None:
+    layer.add_module(OUTPUT_NAME, copy.deepcopy(output))
+    if _quantize_output not in layer._forward_hooks.values():
+        layer.register_forward_hook(_quantize_output)
+    if weight is not None:
+        layer.add_module(WEIGHT_NAME, copy.deepcopy(weight))
+        if _round_weights not in layer._forward_pre_hooks.values():
+            layer.register_forward_pre_hook(_round_weights)
+    elif hasattr(layer, WEIGHT_NAME):
+        delattr(layer, WEIGHT_NAME)
+        for key, hook in list(layer._forward_pre_hooks.items()):
+            if hook is _round_weights:
+                del layer._forward_pre_hooks[key]
+
+
+def sequential_lower(
+    model: nn.Module,
+    layer_types: Iterable[str] | Mapping[str, Mapping[str, Any]] = (),
+    forward_number: Format | None = None,
+    backward_number: Format | None = None,
+    forward_rounding: Rounding | str = "stochastic",
+    backward_rounding: Rounding | str = "stochastic",
+    *,
+    weight_number: Format | None = None,
+    weight_rounding: Rounding | str = "stochastic",
+) -> nn.Module:
+    """Return a lowered deep copy of ``model``; ``model`` itself is untouched.
+
+    Same arguments and result as :func:`lower` applied to ``copy.deepcopy(model)``.
+    """
+    return lower(
+        copy.deepcopy(model),
+        layer_types,
+        forward_number,
+        backward_number,
+        forward_rounding,
+        backward_rounding,
+        weight_number=weight_number,
+        weight_rounding=weight_rounding,
+    )

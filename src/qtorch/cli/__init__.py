@@ -1,0 +1,1 @@
+"""The ``qtorch`` command: ``qtorch formats`` and ``qtorch demo`` (see ``qtorch --help``)."""

@@ -1,0 +1,320 @@
+"""``qtorch bench``: time every quantizer against the memory-bound limit.
+
+For each format family and rounding mode, at each size, the median time of the eager and
+the fused (compiled) path after warm-up, in elements per second and as a ratio to the
+cheapest elementwise pass on the same tensor in the same run: ``torch.mul(x, 2.0)`` on the
+CPU (a quantizer that returns a new tensor cannot beat it), a device-to-device copy on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+
+def _spec(text: str) -> Callable[[], Any]:
+    def build() -> Any:
+        from qtorch.formats.parse import format_from_string
+
+        return format_from_string(text)
+
+    return build
+
+
+def _codebook(entries: int) -> Callable[[], Any]:
+    def build() -> Any:
+        from qtorch.formats.codebook import Codebook
+
+        step = 8 / entries  # magnitudes 0, step, ..., 8 - step, mirrored by sign
+        return Codebook(tuple(k * step for k in range(entries)))
+
+    return build
+
+
+#: The formats timed by default: one per family (codebooks at 16 and 256 entries).
+#: A family whose module does not exist in this installation is skipped with a note.
+FAMILIES: dict[str, Callable[[], Any]] = {
+    "fixed": _spec("fixed(8,4)"),
+    "float": _spec("float(5,2)"),
+    "block": _spec("block(8)"),
+    "posit": _spec("posit(8,2)"),
+    "codebook16": _codebook(16),
+    "codebook256": _codebook(256),
+    "mx": _spec("mxfp8_e4m3"),
+    "nvfp4": _spec("nvfp4"),
+}
+
+
+def family_format(name: str) -> Any:
+    """The format timed for a family name of :data:`FAMILIES`, or the format of a spec."""
+    build = FAMILIES.get(name, _spec(name))
+    return build()
+
+
+SIZES = (10_000, 1_000_000, 4_194_304, 10_000_000)
+QUICK_SIZES = (1_000, 5_003)
+ROUNDINGS = ("nearest", "stochastic")
+
+
+@dataclass
+class Row:
+    """One measurement: a format and rounding at one size on one device."""
+
+    family: str
+    format: str
+    rounding: str
+    device: str
+    n: int
+    reference: str
+    reference_ms: float
+    eager_ms: float | None
+    fused_ms: float | None
+    eager_ratio: float | None
+    fused_ratio: float | None
+    fused_melem_s: float | None
+    first_call_s: float | None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def resolve_formats(names: Sequence[str]) -> list[tuple[str, Any]]:
+    """(family, format) pairs for family names of :data:`FAMILIES` or format specs.
+
+    Names that this installation cannot build are skipped with a note on stderr.
+    """
+    found = []
+    for name in names:
+        try:
+            found.append((name, family_format(name)))
+        except (ValueError, ImportError, AttributeError, TypeError) as err:
+            print(f"note: skipping {name!r}: {str(err)[:200]}", file=sys.stderr)
+    return found
+
+
+def _time_path(
+    mode: str,
+    x: torch.Tensor,
+    fmt: Any,
+    rounding: str,
+    repeats: int,
+    warmup: int,
+    budget_s: float,
+) -> tuple[float, float]:
+    """(median seconds, first-call seconds) of qtorch.quantize in one kernel mode."""
+    import qtorch
+
+    with qtorch.kernel_mode(mode):
+        start = time.perf_counter()
+        qtorch.quantize(x, fmt, rounding)
+        _sync(x.device)
+        first = time.perf_counter() - start
+        # slow eager kernels on large tensors: fewer repeats, never fewer than three
+        second = median_time(lambda: qtorch.quantize(x, fmt, rounding), x.device, 1, 0)
+        reps = max(3, min(repeats, int(budget_s / max(second, 1e-9))))
+        seconds = median_time(
+            lambda: qtorch.quantize(x, fmt, rounding), x.device, reps, max(0, warmup - 1)
+        )
+    return seconds, first
+
+
+def _reference(x: torch.Tensor) -> tuple[str, Callable[[], Any]]:
+    """The memory-bound reference pass on x: a copy on CUDA, ``torch.mul(x, 2.0)`` else."""
+    if x.device.type == "cuda":
+        out = torch.empty_like(x)
+        return "copy", lambda: out.copy_(x)
+    return "mul", lambda: torch.mul(x, 2.0)
+
+
+def measure(
+    formats: list[tuple[str, Any]],
+    sizes: Sequence[int],
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    paths: Sequence[str] = ("eager", "fused"),
+    budget_s: float = 2.0,
+) -> list[Row]:
+    """Time every (format, rounding) at every size; print a line per row as it is done."""
+    rows = []
+    for n in sizes:
+        gen = torch.Generator().manual_seed(n)
+        x = torch.randn(n, generator=gen).to(device)
+        reference, ref_fn = _reference(x)
+        for family, fmt in formats:
+            for rounding in ROUNDINGS:
+                if rounding not in {r.value for r in fmt.roundings}:
+                    continue
+                ref = median_time(ref_fn, device, max(repeats, 5), warmup)
+                times: dict[str, tuple[float, float] | None] = {"eager": None, "fused": None}
+                for path in paths:
+                    mode = "compiled" if path == "fused" else "eager"
+                    times[path] = _time_path(mode, x, fmt, rounding, repeats, warmup, budget_s)
+                eager, fused = times["eager"], times["fused"]
+                row = Row(
+                    family=family,
+                    format=repr(fmt),
+                    rounding=rounding,
+                    device=str(device),
+                    n=n,
+                    reference=reference,
+                    reference_ms=ref * 1e3,
+                    eager_ms=None if eager is None else eager[0] * 1e3,
+                    fused_ms=None if fused is None else fused[0] * 1e3,
+                    eager_ratio=None if eager is None else eager[0] / ref,
+                    fused_ratio=None if fused is None else fused[0] / ref,
+                    fused_melem_s=None if fused is None else n / fused[0] / 1e6,
+                    first_call_s=None if fused is None else fused[1],
+                )
+                print(format_row(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+HEADER = (
+    f"{'family':<12} {'rounding':<10} {'n':>10} {'ref ms':>8} {'eager ms':>9} {'fused ms':>9} "
+    f"{'eager/ref':>9} {'fused/ref':>9} {'fused Me/s':>10} {'1st call s':>10}"
+)
+
+
+def format_row(row: Row) -> str:
+    """One line of the printed table."""
+    return (
+        f"{row.family:<12} {row.rounding:<10} {row.n:>10} {row.reference_ms:>8.3f} "
+        f"{_num(row.eager_ms, '9.3f')} {_num(row.fused_ms, '9.3f')} "
+        f"{_num(row.eager_ratio, '9.2f')} {_num(row.fused_ratio, '9.2f')} "
+        f"{_num(row.fused_melem_s, '10.0f')} {_num(row.first_call_s, '10.2f')}"
+    )
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What the numbers depend on: device, dtype, versions, threads, load."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {
+        "device": str(device),
+        "device_name": name,
+        "dtype": "float32",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": load,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark described by the parsed ``args``; return the exit code."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = QUICK_SIZES if args.quick and not args.sizes else tuple(args.sizes or SIZES)
+    repeats = 2 if args.quick else args.repeats
+    warmup = 1 if args.quick else args.warmup
+    names = args.formats or list(FAMILIES)
+    formats = resolve_formats(names)
+    devices = [torch.device("cpu")]
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    if args.device == "cuda":
+        devices = devices[1:]
+        if not devices:
+            print("note: no CUDA device; nothing to time", file=sys.stderr)
+    paths = ("eager", "fused") if args.path == "both" else (args.path,)
+    report: dict[str, Any] = {"runs": []}
+    for device in devices:
+        env = environment(device)
+        print(" ".join(f"{k}={v}" for k, v in env.items()))
+        what = "device-to-device copy" if device.type == "cuda" else "torch.mul(x, 2.0)"
+        print(f"reference: {what} on the same tensor, measured before each row")
+        print(HEADER)
+        rows = measure(formats, sizes, device, repeats, warmup, paths, 0.2 if args.quick else 2.0)
+        report["runs"].append({"environment": env, "rows": [asdict(r) for r in rows]})
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(float(s)) for s in text.split(",") if s.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"sizes must be numbers like 1e6,4194304: {text!r}"
+        ) from err
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return sizes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``qtorch bench`` (shared with benchmarks/bench.py)."""
+    families = ", ".join(FAMILIES)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats (a smoke test)")
+    parser.add_argument(
+        "--sizes", type=_sizes, help="comma-separated element counts (default 1e4,1e6,4194304,1e7)"
+    )
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        metavar="FORMAT",
+        help=f"families ({families}) or format specs like 'posit(16,1)' (default: all families)",
+    )
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (compile)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--path", choices=("both", "eager", "fused"), default="both", help="which paths to time"
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda", "all"), default="all", help="cuda rows need a GPU"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``bench`` subcommand to the ``qtorch`` command."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="time the quantizers (eager and fused) against the memory-bound limit",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark as a script (``python benchmarks/bench.py``)."""
+    parser = argparse.ArgumentParser(prog="bench.py", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

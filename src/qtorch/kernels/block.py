@@ -1,0 +1,69 @@
+"""Block floating point: one shared exponent per block, wl-bit sign-magnitude mantissas.
+
+Pure tensor code on float32 / float64 tensors; ``wl`` and ``dim`` are plain ints.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qtorch.kernels.bits import exponent, layout, pow2
+from qtorch.kernels.fixed import largest_grid_value, round_signed_
+from qtorch.rounding import Rounding
+
+
+def block_max(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """max |x| of each block, shaped to broadcast against x (NaN if the block has a NaN).
+
+    ``dim=-1``: the whole tensor is one block. ``dim=d``: one block per index i along d
+    (the elements of ``x.select(d, i)``). x must not be empty.
+    """
+    magnitude = x.abs()
+    if dim == -1:
+        return magnitude.amax()
+    others = [d for d in range(x.ndim) if d != dim]
+    return magnitude.amax(dim=others, keepdim=True) if others else magnitude
+
+
+def quantize_block(
+    x: torch.Tensor,
+    wl: int,
+    dim: int,
+    rounding: Rounding,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Round each block of x to multiples of 2**(e + 2 - wl), e = floor(log2(block max)).
+
+    The result is clamped to ±(2**(e+1) - 2**(e+2-wl)), i.e. the mantissa keeps wl - 1
+    magnitude bits and a sign. An all-zero block stays zero (signs kept); a block holding
+    NaN or ±Inf becomes all NaN. The clamp acts on the integer mantissa, so blocks near the
+    dtype's largest value cannot overflow or change sign. ``x`` is float32 or float64 and
+    not empty; ``dim`` is -1 or a dimension of x.
+
+    Each element is scaled exactly to its block's integer grid (by two per-block powers of
+    two, so the scale may lie outside the dtype's exponent range), rounded, clamped and
+    scaled back. A scaled magnitude below 2**-(p + 8) may have underflowed; it rounds like
+    2**-(p + 8) in every mode (the noise is coarser), so that value stands in for it.
+
+    >>> quantize_block(torch.tensor([1.0, 0.3, -0.7]), 4, -1, Rounding.NEAREST)
+    tensor([ 1.0000,  0.2500, -0.7500])
+    """
+    lay = layout(x.dtype)
+    top = block_max(x, dim)
+    quantum_exp = exponent(top) + (2 - wl)  # per block; NaN/Inf blocks: harmless, see below
+    half = torch.div(quantum_exp, 2, rounding_mode="floor")
+    mantissa = x * pow2(-half, x.dtype) * pow2(half - quantum_exp, x.dtype)
+    if rounding in (Rounding.STOCHASTIC, Rounding.DOWN, Rounding.UP):
+        tiny = 2.0 ** -(lay.mantissa_bits + 8)
+        small = (mantissa.abs() < tiny) & (x != 0)
+        mantissa = torch.where(small, torch.sign(x) * tiny, mantissa)
+    mantissa = round_signed_(mantissa, rounding, noise)
+    # 2**(wl-1) - 1, or the largest dtype value below it when the dtype cannot hold that:
+    # then the step is finer than the ulp of the block's top binade, the only elements the
+    # clamp can touch, so they were not rounded and the clamp changes nothing
+    mantissa_max = largest_grid_value((1 << (wl - 1)) - 1, 0, x.dtype)
+    mantissa = mantissa.clamp_(-mantissa_max, mantissa_max)
+    nan_if_special = torch.where(torch.isfinite(top), 1.0, torch.nan).to(x.dtype)
+    return mantissa.mul_(pow2(half, x.dtype) * nan_if_special).mul_(
+        pow2(quantum_exp - half, x.dtype)
+    )

@@ -1,0 +1,362 @@
+"""Table lookup (codebook) rounding: exact boundary preparation, then tensor kernels.
+
+Preparation is plain Python, run once per table and working dtype: every boundary between
+two neighbouring entries (a midpoint, a geometric mean or a user threshold) is turned into
+the largest number of the working dtype that still rounds to the lower entry, found with
+exact rational (integer) arithmetic. Rounding a tensor then needs one binary search
+over these thresholds (:func:`count_below`) and one gather: no distance arithmetic, so no
+rounding error near a boundary, and a value exactly on a boundary (a tie) goes where the
+boundary's ``tie_up`` flag says.
+
+The kernels are pure tensor code: no Python branching on tensor values, any device.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Cut",
+    "Ratio",
+    "binary_search",
+    "bracket_index",
+    "count_below",
+    "decode_mirrored",
+    "decode_signed",
+    "encode_mirrored",
+    "encode_signed",
+    "gather",
+    "geometric_cut",
+    "midpoint_cut",
+    "padded_for_search",
+    "ratio",
+    "round_mirrored",
+    "round_mirrored_stochastic",
+    "round_signed",
+    "round_signed_stochastic",
+    "round_to_dtype",
+    "scaled",
+    "threshold",
+    "value_cut",
+]
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+# --- preparation: exact boundaries as thresholds of a working dtype -------------------------
+
+#: An exact rational number as (numerator, denominator), denominator > 0, not reduced.
+Ratio = tuple[int, int]
+
+
+def ratio(v: float | Fraction | Ratio) -> Ratio:
+    """The exact value of a float or Fraction (or a Ratio, returned as is)."""
+    if isinstance(v, tuple):
+        return v
+    return v.as_integer_ratio()
+
+
+def scaled(v: float, scale: float) -> Ratio:
+    """v / scale exactly (scale > 0)."""
+    nv, dv = v.as_integer_ratio()
+    ns, ds = scale.as_integer_ratio()
+    return nv * ds, dv * ns
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The boundary between two neighbouring table entries, kept exact.
+
+    The boundary is the rational num/den, or with ``root`` the number sign·sqrt(|num/den|)
+    (a geometric mean, never rounded). A value goes to the upper entry when it lies above
+    the boundary, and also when it equals it if ``tie_up`` is set. ``guess`` is a float
+    close to the boundary, where :func:`threshold` starts its search.
+    """
+
+    num: int
+    den: int
+    root: bool = False
+    tie_up: bool = False
+    guess: float = 0.0
+
+    @property
+    def exact(self) -> bool:
+        """Whether the boundary is the float ``guess`` itself (then floats compare exactly)."""
+        return not self.root and self.guess.as_integer_ratio() == _reduced(self.num, self.den)
+
+    def keeps_down(self, v: float) -> bool:
+        """Whether the number v (a float, ±Inf allowed) rounds to the lower entry."""
+        if math.isinf(v):
+            return v < 0
+        nv, dv = v.as_integer_ratio()
+        if not self.root:  # v <= num/den, compared as integers
+            lhs, rhs = nv * self.den, self.num * dv
+            return lhs < rhs if self.tie_up else lhs <= rhs
+        square, bound = nv * nv * self.den, abs(self.num) * dv * dv
+        if self.num >= 0:  # boundary +sqrt(num/den): v below it iff v < 0 or v*v below
+            return nv < 0 or (square < bound if self.tie_up else square <= bound)
+        # boundary -sqrt(|num/den|): v below it iff v < 0 and v*v above
+        return nv < 0 and (square > bound if self.tie_up else square >= bound)
+
+
+def value_cut(t: float | Fraction | Ratio, tie_up: bool = False) -> Cut:
+    """The boundary at the number t."""
+    num, den = ratio(t)
+    return Cut(num, den, tie_up=tie_up, guess=num / den)
+
+
+def midpoint_cut(
+    a: float | Fraction | Ratio, b: float | Fraction | Ratio, tie_up: bool = False
+) -> Cut:
+    """The boundary at (a + b) / 2: values go to the nearer entry."""
+    (na, da), (nb, db) = ratio(a), ratio(b)
+    num, den = na * db + nb * da, 2 * da * db
+    return Cut(num, den, tie_up=tie_up, guess=num / den)
+
+
+def geometric_cut(a: float | Fraction | Ratio, b: float | Fraction | Ratio) -> Cut:
+    """The boundary at sign·sqrt(a·b) for two entries of the same strict sign (ties go down).
+
+    Values go to the entry nearer in log|x|.
+    """
+    (na, da), (nb, db) = ratio(a), ratio(b)
+    if na * nb <= 0:
+        raise ValueError(f"geometric boundary needs two entries of one sign, got {a} and {b}")
+    guess = math.sqrt(abs(na / da)) * math.sqrt(abs(nb / db))
+    if na > 0:
+        return Cut(na * nb, da * db, root=True, guess=guess)
+    return Cut(-(na * nb), da * db, root=True, guess=-guess)
+
+
+def _reduced(num: int, den: int) -> Ratio:
+    g = math.gcd(num, den)
+    return num // g, den // g
+
+
+def _step(v: float, up: bool, dtype: torch.dtype) -> float:
+    """The neighbour of v in dtype (float32 or float64) above (``up``) or below."""
+    if dtype == torch.float64:
+        return math.nextafter(v, math.inf if up else -math.inf)
+    if v == 0:
+        return 2.0**-149 if up else -(2.0**-149)
+    (bits,) = struct.unpack("<I", struct.pack("<f", v))
+    bits += 1 if (v > 0) == up else -1  # sign-magnitude: away from zero is +1
+    return float(struct.unpack("<f", struct.pack("<I", bits))[0])
+
+
+def _nearby(v: float, dtype: torch.dtype) -> float:
+    """The number of dtype nearest to v, clamped to the dtype's finite range."""
+    if dtype == torch.float64:
+        return v
+    return float(
+        struct.unpack("<f", struct.pack("<f", min(max(v, -_FLOAT32_MAX), _FLOAT32_MAX)))[0]
+    )
+
+
+def threshold(cut: Cut, dtype: torch.dtype) -> float:
+    """The largest number of dtype (or -Inf) that rounds to the lower entry.
+
+    Then a value x of that dtype rounds up exactly when x > threshold, which is what
+    :func:`count_below` counts. Exact (integer arithmetic, or float comparisons when the
+    boundary is itself a float64), searched from ``cut.guess``.
+    """
+    if cut.exact:
+        at = cut.guess
+        if dtype == torch.float64:
+            return math.nextafter(at, -math.inf) if cut.tie_up else at
+        v = _nearby(at, dtype)
+        if v > at or (cut.tie_up and v == at):
+            v = _step(v, False, dtype)
+        return v  # _nearby is within one step of at, so v is the largest below
+    v = _nearby(cut.guess, dtype)
+    while not cut.keeps_down(v):
+        v = _step(v, False, dtype)
+    while v != math.inf:
+        above = _step(v, True, dtype)
+        if not cut.keeps_down(above):
+            break
+        v = above
+    return v
+
+
+def round_to_dtype(q: float | Fraction | Ratio, dtype: torch.dtype) -> float:
+    """q rounded to the nearest number of dtype (ties to even), ±Inf beyond its range."""
+    num, den = ratio(q)
+    if num < 0:
+        return -round_to_dtype((-num, den), dtype)
+    nearest64 = num / den  # correctly rounded
+    if nearest64.as_integer_ratio() == _reduced(num, den) and (
+        dtype == torch.float64 or _nearby(nearest64, dtype) == nearest64
+    ):
+        return nearest64  # q is a number of dtype
+    lo = threshold(value_cut((num, den)), dtype)  # the largest dtype number <= q
+    nl, dl = lo.as_integer_ratio()
+    if nl * den == num * dl:
+        return lo
+    hi = _step(lo, True, dtype)
+    nh, dh = (2 ** (1024 if dtype == torch.float64 else 128), 1) if math.isinf(hi) else ratio(hi)
+    # compare q - lo with hi - q over the common denominator den * dl * dh
+    below = (num * dl - nl * den) * dh
+    above = (nh * den - num * dh) * dl
+    if below != above:
+        return lo if below < above else hi
+    bits = (
+        np.float64(lo).view(np.int64) if dtype == torch.float64 else np.float32(lo).view(np.int32)
+    )
+    return lo if int(bits) % 2 == 0 else hi
+
+
+def padded_for_search(values: Sequence[float]) -> list[float]:
+    """``values`` followed by NaN up to length 2**k - 1, the shape :func:`count_below` needs."""
+    size = (1 << len(values).bit_length()) - 1
+    return [*values, *([math.nan] * (size - len(values)))]
+
+
+def thresholds_tensor(
+    cuts: Sequence[Cut], dtype: torch.dtype, device: torch.device, floor: float | None = None
+) -> torch.Tensor:
+    """The thresholds of ``cuts`` in dtype, each raised to ``floor`` if given, padded for search."""
+    values = [threshold(cut, dtype) for cut in cuts]
+    if floor is not None:
+        values = [max(v, floor) for v in values]
+    return torch.tensor(padded_for_search(values), dtype=dtype, device=device)
+
+
+# --- kernels: tensor code ----------------------------------------------------------------
+
+
+def count_below(
+    y: torch.Tensor, padded: torch.Tensor, size: int, or_equal: bool = False
+) -> torch.Tensor:
+    """How many of the first ``size`` entries of a sorted table are < y (<= y with ``or_equal``).
+
+    Returns int32 counts shaped like y. ``padded`` is the table ascending, then NaN up to
+    length 2**k - 1 (see :func:`padded_for_search`). Eager code runs ``torch.bucketize``;
+    under ``torch.compile`` the same count comes from :func:`binary_search`, which the
+    compiler fuses into one loop (tested to agree bitwise). For NaN y the count is some
+    valid index (0 or size), which callers mask.
+    """
+    if torch.compiler.is_compiling():
+        return binary_search(y, padded, or_equal)
+    return torch.bucketize(y.contiguous(), padded[:size], out_int32=True, right=or_equal)
+
+
+def binary_search(y: torch.Tensor, padded: torch.Tensor, or_equal: bool = False) -> torch.Tensor:
+    """:func:`count_below` as a branch-free binary search: k steps, each one gather from the
+    small table and one comparison (the NaN padding never compares true)."""
+    pos = torch.zeros(y.shape, dtype=torch.int32, device=y.device)
+    step = (padded.numel() + 1) // 2
+    while step:
+        probe = gather(padded, pos + (step - 1))
+        hit = probe <= y if or_equal else probe < y
+        pos = torch.where(hit, pos + step, pos)
+        step //= 2
+    return pos
+
+
+def gather(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a 1-D table and an integer index tensor of any shape."""
+    return table.index_select(0, index.reshape(-1)).view(index.shape)
+
+
+def round_signed(x: torch.Tensor, table: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Nearest rounding to a signed table: ``table[i]`` with i = #(thresholds < x).
+
+    ``table`` holds the n entries ascending in x's dtype and ``thresholds`` the n - 1
+    thresholds (see :func:`threshold`, padded by :func:`padded_for_search`), both on x's
+    device. Values beyond the ends (±Inf included) get the end entries; NaN stays NaN.
+    """
+    q = gather(table, count_below(x, thresholds, table.numel() - 1))
+    return torch.where(torch.isnan(x), x, q)
+
+
+def round_mirrored(x: torch.Tensor, table: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Nearest rounding of |x| to a magnitude table, with x's sign put back.
+
+    ``table[0]`` must be 0 and ``thresholds[0] >= 0``, so that ±0 gives ±0; the result is
+    ``table[i]`` with i = #(thresholds < |x|), negated when x is negative (entries may be
+    negative: the result is sign(x)·t). NaN stays NaN.
+    """
+    q = gather(table, count_below(x.abs(), thresholds, table.numel() - 1))
+    q = torch.where(torch.signbit(x), -q, q)
+    return torch.where(torch.isnan(x), x, q)
+
+
+def bracket_index(
+    y: torch.Tensor, points: torch.Tensor, n: int, noise: torch.Tensor
+) -> torch.Tensor:
+    """Index (int32) of the lower or upper of the two ``points`` around y, chosen at random.
+
+    ``points`` are the n entries, float64, strictly ascending (padded for the search). The
+    upper one is taken when noise < (y - lo) / (hi - lo), so with noise uniform on [0, 1)
+    with probability linear in the distance (computed in float64). Below the first point
+    (-Inf included) the result is the first point, above the last (+Inf included) the
+    last. NaN gives some valid index.
+    """
+    if n == 1:
+        return torch.zeros(y.shape, dtype=torch.int32, device=y.device)
+    yd = y.to(torch.float64)
+    i = (count_below(yd, points, n, or_equal=True) - 1).clamp(0, n - 2)
+    lo, hi = gather(points, i), gather(points, i + 1)
+    # halves: the differences of entries near the float64 maximum would overflow
+    p = (yd * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5)
+    return torch.where(noise.to(torch.float64) < p, i + 1, i)
+
+
+def round_signed_stochastic(
+    x: torch.Tensor, table: torch.Tensor, points: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """Stochastic rounding to a signed table (``table`` in x's dtype, ``points`` in float64).
+
+    Only the two entries around x can come out; outside the table the end entry; NaN stays.
+    """
+    q = gather(table, bracket_index(x, points, table.numel(), noise))
+    return torch.where(torch.isnan(x), x, q)
+
+
+def round_mirrored_stochastic(
+    x: torch.Tensor, table: torch.Tensor, points: torch.Tensor, noise: torch.Tensor, first: int
+) -> torch.Tensor:
+    """Stochastic rounding of |x| among ``points``, x's sign put back; ±0 gives ±0.
+
+    ``points`` (float64, padded for search) are ``table[first:]``; ``table[0]`` is 0
+    (``first`` is 1 when zero is not itself an entry). NaN stays NaN.
+    """
+    y = x.abs()
+    index = bracket_index(y, points, table.numel() - first, noise) + first
+    index = torch.where(y == 0, 0, index)
+    q = gather(table, index)
+    q = torch.where(torch.signbit(x), -q, q)
+    return torch.where(torch.isnan(x), x, q)
+
+
+def encode_signed(x: torch.Tensor, thresholds: torch.Tensor, size: int) -> torch.Tensor:
+    """Codes (int32) of nearest rounding to a signed table of ``size`` entries: the index."""
+    return count_below(x, thresholds, size - 1)
+
+
+def encode_mirrored(
+    x: torch.Tensor, thresholds: torch.Tensor, size: int, sign_bit: int
+) -> torch.Tensor:
+    """Codes (int32) of nearest rounding to a mirrored table: sign << sign_bit | index."""
+    index = count_below(x.abs(), thresholds, size - 1)
+    return index | (torch.signbit(x).to(torch.int32) << sign_bit)
+
+
+def decode_signed(codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The entries ``table[codes]`` (codes must be valid indices)."""
+    return gather(table, codes.long())
+
+
+def decode_mirrored(codes: torch.Tensor, table: torch.Tensor, sign_bit: int) -> torch.Tensor:
+    """The values of sign-magnitude codes: ±``table[codes & (2**sign_bit - 1)]``."""
+    codes = codes.long()
+    q = gather(table, codes & ((1 << sign_bit) - 1))
+    return torch.where(((codes >> sign_bit) & 1) == 1, -q, q)

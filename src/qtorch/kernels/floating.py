@@ -1,0 +1,143 @@
+"""Binary floating point: rounding, encoding and decoding as pure tensor code.
+
+The functions take the layout as plain ints and bools (no format objects) and never branch in
+Python on tensor values, so ``torch.compile`` can fuse them. Names follow IEEE 754: ``man``
+fraction bits, ``emin`` the exponent of the smallest normal, a *field* is the biased exponent
+bits of a code and a *fraction* its trailing significand bits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from qtorch.kernels.bits import exponent, layout, ldexp, pow2
+from qtorch.kernels.round import round_to_quantum
+from qtorch.rounding import Rounding
+
+
+def finite_limit(max_value: float, man: int, dtype: torch.dtype) -> float:
+    """The largest format value that is also finite in the working ``dtype``.
+
+    Equal to ``max_value`` except for layouts whose range exceeds the dtype (8 exponent bits
+    without Inf on float32 tensors): then the largest value of the dtype's top binade.
+    """
+    if max_value <= torch.finfo(dtype).max:
+        return max_value
+    return (2.0 - 2.0**-man) * 2.0 ** layout(dtype).bias
+
+
+def round_float(
+    x: torch.Tensor,
+    man: int,
+    emin: int,
+    max_value: float,
+    rounding: Rounding,
+    noise: torch.Tensor | None,
+    *,
+    subnormals: bool,
+    saturate: bool,
+    has_inf: bool,
+    has_nan: bool,
+) -> torch.Tensor:
+    """Round x (float32 or float64) to a binary float with ``man`` fraction bits.
+
+    1. Round to the quantum 2**(max(exponent(x), emin) - man) (subnormal grid below 2**emin);
+       with ``subnormals=False`` the exponent is not held at emin (unbounded-exponent rounding)
+       and results below 2**emin are flushed to signed zero: tininess after rounding.
+    2. Resolve overflow (rounded magnitude above the largest finite value ``max_value``):
+       to ±max when ``saturate`` or the format has neither Inf nor NaN; otherwise as IEEE 754
+       does, to the overflow value (±Inf, or NaN without Inf) in nearest and stochastic
+       rounding, and in directed modes only when rounding away from zero (toward zero gives
+       ±max, down gives +max / -Inf, up gives +Inf / -max).
+    3. ±Inf inputs stay ±Inf with Inf in the format; without Inf they overflow like large
+       finite values: to ±max when saturating (or without NaN), else to NaN in every mode.
+
+    Nearest ties go to the even code (with ``man=0``, the even exponent field). NaN stays NaN
+    and every result keeps x's sign bit (-0 stays -0).
+    """
+    floor_exp = emin if subnormals else emin - 1
+    e = exponent(x).clamp(min=floor_exp)
+    r = round_to_quantum(x, e - man, rounding, noise)
+    if man == 0 and rounding is Rounding.NEAREST:
+        # No fraction bit: a tie between 2**e and 2**(e+1) goes to the even exponent field.
+        tie = ldexp(x.abs(), -e) == 1.5
+        r = torch.where(tie & ((e + (1 - emin)) % 2 == 0), torch.copysign(pow2(e, x.dtype), x), r)
+    if not subnormals:
+        r = torch.where(r.abs() < 2.0**emin, r * 0.0, r)
+    limit = finite_limit(max_value, man, x.dtype)
+    clamped = r.clamp(-limit, limit)
+    if not has_inf and (saturate or not has_nan):
+        return clamped  # every overflow saturates, ±Inf inputs included
+    special = x.abs() == math.inf  # ±Inf inputs (vectorizes better than isinf)
+    if not saturate and rounding is not Rounding.TOWARD_ZERO:
+        overflow = r.abs() > limit
+        if rounding is Rounding.DOWN:
+            overflow = overflow & torch.signbit(x)
+        elif rounding is Rounding.UP:
+            overflow = overflow & ~torch.signbit(x)
+        special = special | overflow
+    overflow_value = math.inf if has_inf else math.nan
+    return torch.copysign(torch.where(special, overflow_value, clamped), x)
+
+
+def decode_float(
+    codes: torch.Tensor,
+    exp: int,
+    man: int,
+    *,
+    subnormals: bool,
+    has_inf: bool,
+    has_nan: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Values of the bit patterns ``codes`` (integers, sign bit at position exp + man).
+
+    Only the low ``1 + exp + man`` bits are read. Subnormal codes decode to signed zero when
+    ``subnormals`` is False. With Inf, the top field holds ±Inf (fraction 0) and NaN; with NaN
+    only, the all-ones field and fraction is NaN. Computed exactly in float64, then cast.
+    """
+    codes = codes.to(torch.int64)
+    bias = (1 << (exp - 1)) - 1
+    top_field = (1 << exp) - 1
+    negative = ((codes >> (exp + man)) & 1) == 1
+    field = (codes >> man) & top_field
+    fraction = codes & ((1 << man) - 1)
+    normal = field > 0
+    significand = (fraction + (normal.to(torch.int64) << man)).to(torch.float64)
+    if not subnormals:
+        significand = significand * normal
+    value = ldexp(significand, field.clamp(min=1) - bias - man)
+    if has_inf:
+        value = torch.where(field == top_field, math.inf, value)
+        value = torch.where((field == top_field) & (fraction != 0), math.nan, value)
+    elif has_nan:
+        value = torch.where((field == top_field) & (fraction == (1 << man) - 1), math.nan, value)
+    value = torch.where(negative, -value, value)
+    return value.to(dtype)
+
+
+def encode_float(q: torch.Tensor, exp: int, man: int, emin: int, *, has_inf: bool) -> torch.Tensor:
+    """Bit patterns (int64) of values ``q`` already representable in the format.
+
+    Finite values and ±Inf get their IEEE-style code; NaN gets the quiet NaN code with the
+    NaN's sign bit: with Inf the top field with the leading fraction bit set (or every
+    fraction bit when there is only one), without Inf the all-ones field and fraction.
+    """
+    top_field = (1 << exp) - 1
+    negative = torch.signbit(q).to(torch.int64)
+    magnitude = q.abs().to(torch.float64)
+    finite = torch.isfinite(magnitude)
+    safe = torch.where(finite, magnitude, 0.0)
+    quantum_exp = exponent(safe).clamp(min=emin)
+    integer = ldexp(safe, man - quantum_exp).to(torch.int64)  # exact: q is on the grid
+    body = ((quantum_exp - emin).to(torch.int64) << man) + integer
+    if has_inf:
+        quiet = 1 << (man - 1) if man > 0 else 0
+        nan_code = (top_field << man) | quiet
+        special = torch.where(torch.isnan(magnitude), nan_code, top_field << man)
+    else:
+        special = torch.full_like(body, (top_field << man) | ((1 << man) - 1))
+    body = torch.where(finite, body, special)
+    return body | (negative << (exp + man))

@@ -1,0 +1,279 @@
+"""Compiled dispatch: one fused ``torch.compile`` kernel per (format, rounding, dtype).
+
+The eager reference is ``fmt.quantize_kernel``; this module runs the same code compiled by
+Inductor (vectorized C++ with OpenMP on CPU, Triton on CUDA) as one fused kernel. How it
+avoids the known traps:
+
+* **Sizes.** Elementwise formats see every contiguous input as one flat 1-D tensor whose
+  length is marked dynamic, so the kernel is compiled once for a symbolic length. On
+  torch 2.13 that kernel vectorizes on CPU like a static one (a vector loop plus a masked
+  tail; measured in docs/performance.md), so a new size never recompiles and shapes of any
+  rank share one kernel. Only the sizes are symbolic: ``dynamic=True`` would also turn the
+  format's integer parameters into symbols. Formats that reduce over the tensor
+  (``Format.elementwise`` False: block, MX) keep their shape; their kernel is compiled once
+  per rank and pattern of size-1 dimensions (which Dynamo specializes).
+* **Recompile limit.** Dynamo caches compiled graphs per Python code object and allows
+  ``recompile_limit`` (8) of them. Each cache key here gets its own copy of the kernel's
+  code object, so every code object holds one graph and the global limit is never reached
+  and never changed.
+* **Compile time.** Compiled kernels are cached in this process (and Inductor caches the
+  generated code on disk across processes). In ``"auto"`` mode tensors smaller than
+  :data:`EAGER_BELOW` elements run eagerly, and a quantizer is compiled only once its eager
+  calls have taken :data:`AUTO_COMPILE_AFTER_S` seconds: a one-off call never waits for
+  the compiler, a training loop gets the fused kernel after a few steps.
+* **Failures.** If compiling fails (no C++ compiler, no Triton, an unsupported op), the
+  eager reference runs instead; the first failure in the process warns once
+  (:class:`CompileFallbackWarning`) and the failing key is never tried again.
+* **Randomness.** Stochastic noise is drawn by :func:`qtorch.quantize` with ``torch.rand``
+  before dispatch and passed in, so both paths see the same numbers for the same seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import shutil
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Hashable
+
+import torch
+
+from qtorch.formats.base import Format
+from qtorch.kernel_mode import get_kernel_mode
+from qtorch.rounding import Rounding
+
+#: In ``"auto"`` mode, tensors with fewer elements than this run eagerly (per device type).
+EAGER_BELOW: dict[str, int] = {"cpu": 1024, "cuda": 1024}
+
+#: In ``"auto"`` mode a quantizer is compiled once its eager calls on tensors of at least
+#: :data:`EAGER_BELOW` elements have taken this many seconds in total: about what a compile
+#: costs, so a one-off call (a script, a test) never waits for the compiler, and a training
+#: loop switches to the fused kernel after its first few steps.
+AUTO_COMPILE_AFTER_S = 1.0
+
+_WORKING = (torch.float32, torch.float64)
+
+KernelFn = Callable[[torch.Tensor, "torch.Tensor | None"], "torch.Tensor | None"]
+
+
+class CompileFallbackWarning(RuntimeWarning):
+    """Compiling a quantizer failed; the eager reference (same results, slower) runs instead."""
+
+
+_lock = threading.Lock()
+_cache: dict[Hashable, KernelFn] = {}
+_broken: set[Hashable] = set()
+_eager_seconds: dict[Hashable, float] = {}
+_warned = False
+_serial = itertools.count()
+
+
+@functools.cache
+def compile_available(device_type: str) -> bool:
+    """Whether ``torch.compile`` can be expected to work on this device type.
+
+    CPU needs a C++ compiler that Inductor finds (Windows is left to eager), CUDA needs
+    Triton; other devices are not tried in ``"auto"`` mode.
+    """
+    if device_type == "cpu":
+        if sys.platform == "win32":
+            return False
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            return shutil.which(get_cpp_compiler()) is not None
+        except Exception:
+            return False
+    if device_type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+
+            return bool(has_triton())
+        except Exception:
+            return False
+    return False
+
+
+def wants_compiled(x: torch.Tensor) -> bool:
+    """Whether the current kernel mode may send ``x`` to the compiled path.
+
+    In ``"auto"`` mode the quantizer must also be hot (see :data:`AUTO_COMPILE_AFTER_S`).
+    """
+    mode = get_kernel_mode()
+    if mode == "eager" or x.numel() == 0:
+        return False
+    if torch.compiler.is_compiling():
+        return False  # inside the user's own torch.compile: the eager code gets fused there
+    if x.requires_grad and torch.is_grad_enabled():
+        return False  # keep the eager autograd graph
+    if mode == "compiled":
+        return True
+    threshold = EAGER_BELOW.get(x.device.type, EAGER_BELOW["cpu"])
+    return x.numel() >= threshold and compile_available(x.device.type)
+
+
+def _compile(fn: Callable[..., torch.Tensor | None]) -> KernelFn:
+    """Compile one kernel; tests replace this to simulate a failing compiler."""
+    return torch.compile(fn, backend="inductor", fullgraph=True)
+
+
+def _make_kernel(
+    fmt: Format, rounding: Rounding, out_dtype: torch.dtype, inplace: bool
+) -> KernelFn:
+    """A compiled kernel computing ``fmt.quantize_kernel`` on x, with the dtype casts fused.
+
+    In place it writes the result into x and returns None; otherwise it returns a new tensor.
+    """
+
+    def kernel(x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor | None:
+        work = x if x.dtype in _WORKING else x.float()
+        q = fmt.quantize_kernel(work, rounding, noise).to(out_dtype)
+        if inplace:
+            x.copy_(q)
+            return None
+        return q
+
+    # A code object of its own, so Dynamo's per-code-object cache holds only this key, and a
+    # name of its own: Dynamo's automatic-dynamic memory is keyed by (file, line, name), and
+    # a shared name would make the next format's parameters symbolic ("changed constants").
+    name = f"quantize_{type(fmt).__name__}_{rounding.value}_{next(_serial)}"
+    kernel.__code__ = kernel.__code__.replace(co_name=name)
+    return _compile(kernel)
+
+
+def _fail(key: Hashable, fmt: Format, err: Exception) -> None:
+    global _warned
+    with _lock:
+        _broken.add(key)
+        first = not _warned
+        _warned = True
+    if first:
+        warnings.warn(
+            f"qtorch: compiling the quantizer for {fmt!r} failed "
+            f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}); "
+            "using the eager kernels (same results, slower). Further failures are silent; "
+            'qtorch.set_kernel_mode("eager") avoids trying.',
+            CompileFallbackWarning,
+            stacklevel=6,
+        )
+
+
+def quantize(
+    x: torch.Tensor,
+    fmt: Format,
+    rounding: Rounding,
+    noise: torch.Tensor | None,
+    inplace: bool,
+    eager: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """Quantize x on the path the kernel mode picks: the compiled kernel or ``eager()``.
+
+    ``eager()`` runs the reference on the same x and noise and returns its result (written
+    into x when ``inplace``). ``noise`` (stochastic rounding) has x's shape, is contiguous and
+    has the working dtype.
+    """
+    if not wants_compiled(x):
+        return eager()
+    if get_kernel_mode() == "auto":
+        key = _key(x, fmt, rounding, inplace)
+        if key not in _cache:
+            spent = _eager_seconds.get(key, 0.0)
+            if spent < AUTO_COMPILE_AFTER_S:
+                start = time.perf_counter()
+                result = eager()
+                _eager_seconds[key] = spent + time.perf_counter() - start
+                return result
+    return quantize_compiled(x, fmt, rounding, noise, inplace, eager)
+
+
+def _key(x: torch.Tensor, fmt: Format, rounding: Rounding, inplace: bool) -> tuple[Hashable, ...]:
+    """The cache key: one compiled kernel (and one Dynamo code object) per key."""
+    elementwise = fmt.elementwise
+    contiguous = x.is_contiguous()
+    shape_key: Hashable = "flat" if elementwise else tuple(size == 1 for size in x.shape)
+    # Writing into an input from a graph with a reduction trips an Inductor bug in torch
+    # 2.13 (InductorError KeyError 'buf1'), so block formats copy their result into x.
+    write_into_arg = inplace and contiguous and elementwise
+    return (fmt, rounding, x.dtype, x.device.type, shape_key, write_into_arg)
+
+
+def quantize_compiled(
+    x: torch.Tensor,
+    fmt: Format,
+    rounding: Rounding,
+    noise: torch.Tensor | None,
+    inplace: bool,
+    eager: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """Quantize x with the compiled kernel, or with ``eager()`` if compiling fails.
+
+    With ``inplace`` the result is written into x, which is returned. When the compiled
+    kernel fails, ``eager()`` (the reference on the same noise) decides: if it fails too,
+    its error is the user's error and propagates; otherwise the failure is remembered and
+    warned about once.
+    """
+    key = _key(x, fmt, rounding, inplace)
+    write_into_arg = bool(key[-1])
+    src = x if x.is_contiguous() else x.contiguous()
+    if fmt.elementwise:
+        arg = src.view(-1)
+        arg_noise = None if noise is None else noise.view(-1)
+    else:
+        arg, arg_noise = src.view(src.shape), noise  # a new alias: x itself is not marked
+    if key in _broken:
+        return eager()
+    kern = _cache.get(key)
+    try:
+        _mark_dynamic(arg, arg_noise)
+        if kern is None:
+            # The first call compiles. Inductor's own deprecation notices are not the user's
+            # business (and under ``-W error`` they would make every compile fail).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                kern = _make_kernel(fmt, rounding, x.dtype, write_into_arg)
+                with torch.no_grad():
+                    out = kern(arg, arg_noise)
+            with _lock:
+                _cache[key] = kern
+        else:
+            with torch.no_grad():
+                out = kern(arg, arg_noise)
+    except Exception as err:
+        result = eager()  # raises the real error if the input, not the compiler, is at fault
+        _fail(key, fmt, err)
+        return result
+    if write_into_arg or out is None:
+        return x
+    if out is arg or out is src:
+        out = out.clone()
+    out = out.view(x.shape)
+    if inplace:
+        return x.copy_(out)
+    return out
+
+
+def _mark_dynamic(arg: torch.Tensor, noise: torch.Tensor | None) -> None:
+    """Compile for symbolic sizes (the format's own parameters stay constants).
+
+    ``dynamic=True`` would also turn the format's integer parameters into symbols, which
+    breaks kernels that do Python arithmetic on them; marking the sizes keeps them apart.
+    Dimensions of size 1 stay static (Dynamo specializes them; they are in the cache key).
+    """
+    for t in (arg, noise):
+        if t is not None:
+            for dim, size in enumerate(t.shape):
+                if size > 1:
+                    torch._dynamo.mark_dynamic(t, dim)
+
+
+def clear_cache() -> None:
+    """Forget every compiled kernel and past failure (for tests and after changing config)."""
+    global _warned
+    with _lock:
+        _cache.clear()
+        _broken.clear()
+        _eager_seconds.clear()
+        _warned = False

@@ -1,0 +1,130 @@
+"""qtorch+'s posit activation modules: posit tanh / sigmoid forward, analytic backward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from qtorch.quant.posit import posit_sigmoid, posit_tanh, posit_tanh_enhanced
+
+__all__ = [
+    "PositSigmoidFunction",
+    "PositSigmoidModule",
+    "PositTanhFunction",
+    "PositTanhFunctionEnhanced",
+    "PositTanhModule",
+    "PositTanhModuleEnhanced",
+    "RefTanhModule",
+]
+
+
+def _check_nsize(owner: str, nsize: int) -> int:
+    if isinstance(nsize, bool) or nsize not in (8, 16):
+        raise ValueError(f"{owner}: nsize must be 8 or 16, got {nsize!r}")
+    return nsize
+
+
+class PositTanhFunction(torch.autograd.Function):
+    """Forward: y = posit_tanh(x, nsize). Backward: grad_x = grad_y * (1 - y**2).
+
+    The backward is tanh's derivative written in terms of the (posit) output y, as in
+    qtorch+; it is not the derivative of the piecewise-constant forward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, nsize: int = 16) -> torch.Tensor:
+        y = posit_tanh(x, nsize)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y), None
+
+
+class PositTanhFunctionEnhanced(torch.autograd.Function):
+    """Forward: y = posit_tanh_enhanced(x, nsize). Backward: grad_x = grad_y * (1 - y**2)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, nsize: int = 16) -> torch.Tensor:
+        y = posit_tanh_enhanced(x, nsize)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y), None
+
+
+class PositSigmoidFunction(torch.autograd.Function):
+    """Forward: y = posit_sigmoid(x, nsize). Backward: grad_x = grad_y * y * (1 - y)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, nsize: int = 16) -> torch.Tensor:
+        y = posit_sigmoid(x, nsize)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (y,) = ctx.saved_tensors
+        return grad * y * (1 - y), None
+
+
+class PositTanhModule(torch.nn.Module):
+    """tanh through posit<16,0> (``nsize`` 8 also allowed): :class:`PositTanhFunction`.
+
+    >>> PositTanhModule()(torch.tensor([0.5, 2.0]))
+    tensor([0.5000, 0.8750])
+    """
+
+    def __init__(self, nsize: int = 16) -> None:
+        super().__init__()
+        self.nsize = _check_nsize("PositTanhModule", nsize)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return PositTanhFunction.apply(x, self.nsize)
+
+
+class PositTanhModuleEnhanced(torch.nn.Module):
+    """Enhanced posit tanh (:func:`~qtorch.quant.posit_tanh_enhanced`) with tanh's backward.
+
+    >>> PositTanhModuleEnhanced()(torch.tensor([0.5, 2.0]))
+    tensor([0.5000, 0.9430])
+    """
+
+    def __init__(self, nsize: int = 16) -> None:
+        super().__init__()
+        self.nsize = _check_nsize("PositTanhModuleEnhanced", nsize)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return PositTanhFunctionEnhanced.apply(x, self.nsize)
+
+
+class PositSigmoidModule(torch.nn.Module):
+    """Sigmoid through the posit<16,0> bit trick: :class:`PositSigmoidFunction`.
+
+    >>> PositSigmoidModule()(torch.tensor([0.0, 1.0]))
+    tensor([0.5000, 0.7500])
+    """
+
+    def __init__(self, nsize: int = 16) -> None:
+        super().__init__()
+        self.nsize = _check_nsize("PositSigmoidModule", nsize)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return PositSigmoidFunction.apply(x, self.nsize)
+
+
+class RefTanhModule(torch.nn.Module):
+    """The reference: ``torch.tanh`` with its autograd backward.
+
+    >>> RefTanhModule()(torch.tensor([0.0]))
+    tensor([0.])
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)

@@ -1,0 +1,5 @@
+"""Low-precision optimizer wrapper."""
+
+from qtorch.optim.optim_lp import OptimLP
+
+__all__ = ["OptimLP"]

@@ -1,0 +1,175 @@
+"""lower / sequential_lower: which layers are reached, what survives copies and checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from edge_cases import bits_equal
+from torch import nn
+
+from qtorch import FixedPoint, FloatingPoint
+from qtorch.auto_low import LAYER_TYPES, lower, sequential_lower
+from qtorch.quant import Quantizer
+
+FIX = FixedPoint(8, 4)
+
+
+def on_fixed_grid(t: torch.Tensor, fl: int = 4, wl: int = 8) -> bool:
+    """Independent check of FixedPoint(wl, fl) membership: integer multiples of 2**-fl in range."""
+    k = t * 2.0**fl
+    top = 2 ** (wl - 1)
+    return bool(torch.equal(k, torch.round(k)) and (k >= -top).all() and (k <= top - 1).all())
+
+
+class Custom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU())])
+        self.heads = nn.ModuleDict({"a": nn.Linear(4, 3)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.heads["a"](x)
+
+
+def test_nested_containers_all_reached_and_outputs_quantized() -> None:
+    model = Custom()
+    x = torch.randn(5, 4)
+    plain = copy.deepcopy(model)
+    lower(model, ["linear"], FIX, None, "nearest")
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 3
+    assert all(isinstance(m.qtorch_output, Quantizer) for m in linears)
+    assert not hasattr(model.blocks[1][1], "qtorch_output")  # ReLU not asked for
+
+    # Reference: quantize (to the 1/16 grid, nearest, clamped) after each Linear by hand.
+    def q(t: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.round(t * 16) / 16, -8, 7.9375)
+
+    h = q(plain.blocks[0](x))
+    h = torch.relu(q(plain.blocks[1][0](h)))
+    expected = q(plain.heads["a"](h))
+    out = model(x)
+    assert bits_equal(out.detach(), expected.detach())
+    assert on_fixed_grid(out.detach())
+
+
+def test_unknown_layer_type_lists_accepted_names() -> None:
+    with pytest.raises(ValueError, match="'conv', 'linear', 'pool', 'pad', 'activation'"):
+        lower(nn.Linear(2, 2), ["lineer"])
+    with pytest.raises(TypeError, match="list"):
+        lower(nn.Linear(2, 2), "linear")
+    with pytest.raises(ValueError, match="rounding"):
+        lower(nn.Linear(2, 2), ["linear"], FIX, forward_rounding="nearst")
+
+
+def test_every_layer_type_name_is_supported() -> None:
+    assert list(LAYER_TYPES) == [
+        "conv",
+        "linear",
+        "pool",
+        "pad",
+        "activation",
+        "normalization",
+        "dropout",
+        "loss",
+    ]
+    layers = [nn.Conv1d(1, 2, 3), nn.MaxPool1d(2), nn.ZeroPad1d(1), nn.Tanh()]
+    layers += [nn.BatchNorm1d(2), nn.Dropout(0.0), nn.Flatten(), nn.Linear(12, 2)]
+    model = nn.Sequential(*layers)
+    lower(model, list(LAYER_TYPES), FIX, None, "nearest")
+    lowered = [m for m in model if hasattr(m, "qtorch_output")]
+    assert len(lowered) == 7  # all but Flatten
+    out = model(torch.randn(3, 1, 10))
+    assert on_fixed_grid(out.detach())
+    loss = lower(nn.MSELoss(), ["loss"], FIX, None, "nearest")
+    assert loss(torch.tensor([0.3]), torch.tensor([0.0])).item() == 0.0625  # 0.09 -> 1/16
+
+
+def test_backward_format_reaches_the_output_gradient() -> None:
+    layer = nn.Linear(3, 1, bias=False)
+    lower(layer, ["linear"], None, FixedPoint(8, 1), backward_rounding="nearest")
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    layer(x).backward(torch.tensor([[0.3]]))  # 0.3 -> 0.5 on the 1/2 grid
+    assert layer.weight.grad is not None
+    assert layer.weight.grad.tolist() == [[0.5, 1.0, 1.5]]
+
+
+def _lowered() -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    return lower(model, ["linear", "activation"], FIX, FIX, "nearest", "nearest")
+
+
+def test_survives_deepcopy_pickle_and_state_dict() -> None:
+    model = _lowered()
+    x = torch.randn(6, 4)
+    expected = model(x)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert bits_equal(clone(x), expected)
+        assert on_fixed_grid(clone(x).detach())
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert bits_equal(loaded(x), expected)
+    # state_dict keys are those of the unlowered model, both ways round.
+    plain = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert list(plain.state_dict()) == list(model.state_dict())
+    plain.load_state_dict(model.state_dict())
+    fresh = _lowered()
+    fresh.load_state_dict(plain.state_dict())
+    assert bits_equal(fresh(x), expected)
+
+
+def test_sequential_lower_leaves_the_original_untouched() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(6, 4)
+    plain_out = model(x)
+    new = sequential_lower(model, ["linear"], FIX, None, "nearest")
+    assert new is not model
+    assert not any(hasattr(m, "qtorch_output") for m in model.modules())
+    assert not any(len(m._forward_hooks) for m in model.modules())
+    assert bits_equal(model(x), plain_out)
+    assert on_fixed_grid(new(x).detach())
+    for key, value in model.state_dict().items():
+        assert bits_equal(value, before[key])
+
+
+def test_weight_quantization_option() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    lower(model, ["linear"], weight_number=FIX, weight_rounding="nearest")
+    keys = list(model.state_dict())
+    model(torch.randn(2, 4))
+    for layer in (model[0], model[2]):
+        assert on_fixed_grid(layer.weight.detach()) and on_fixed_grid(layer.bias.detach())
+    assert list(model.state_dict()) == keys
+    assert "FixedPoint(wl=8, fl=4" in repr(model)
+    # Lowering again without weight_number removes the weight rounding.
+    lower(model, ["linear"])
+    assert not hasattr(model[0], "qtorch_weight") and len(model[0]._forward_pre_hooks) == 0
+
+
+def test_per_layer_type_formats_and_no_stacking() -> None:
+    fp = FloatingPoint(5, 2)
+    model = nn.Sequential(nn.Conv1d(1, 1, 1), nn.Flatten(), nn.Linear(3, 2))
+    lower(model, {"conv": {"forward_number": FIX}, "linear": {}}, fp, None, "nearest")
+    assert model[0].qtorch_output.config.forward_number == FIX
+    assert model[2].qtorch_output.config.forward_number == fp
+    lower(model, ["conv"], fp, None, "nearest")
+    assert model[0].qtorch_output.config.forward_number == fp
+    assert len(model[0]._forward_hooks) == 1
+    with pytest.raises(ValueError, match="setting"):
+        lower(model, {"conv": {"forward_numbr": FIX}})
+
+
+def test_tuple_outputs_quantize_floating_tensors_only() -> None:
+    pool = lower(nn.MaxPool1d(2, return_indices=True), ["pool"], FIX, None, "nearest")
+    values, indices = pool(torch.tensor([[[0.3, 0.1, -0.2, -0.7]]]))
+    assert values.tolist() == [[[0.3125, -0.1875]]]
+    assert indices.dtype == torch.int64 and indices.tolist() == [[[0, 2]]]

@@ -1,0 +1,66 @@
+"""The benchmark and the GPU check run (checked to run and to report, never timed)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from qtorch.cli import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_quick_runs_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    code = bench.main(["--quick", "--formats", "fixed", "nosuchfamily", "--json", str(out)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert (
+        "torch=" in captured.out and "threads=" in captured.out and "dtype=float32" in captured.out
+    )
+    assert "skipping 'nosuchfamily'" in captured.err
+    report = json.loads(out.read_text())
+    rows = report["runs"][0]["rows"]
+    assert {(r["rounding"], r["n"]) for r in rows} == {
+        (rounding, n) for rounding in bench.ROUNDINGS for n in bench.QUICK_SIZES
+    }
+    for row in rows:
+        assert row["family"] == "fixed" and row["reference"] == "mul"
+        for key in ("reference_ms", "eager_ms", "fused_ms", "eager_ratio", "fused_ratio"):
+            assert math.isfinite(row[key]) and row[key] > 0
+
+
+def test_bench_script_and_subcommand_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "benchmarks/bench.py")
+    assert spec is not None and spec.loader is not None
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))  # imports without running
+
+    parser = argparse.ArgumentParser(prog="qtorch")
+    bench.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", "--sizes", "1e4,4194304", "--formats", "posit(16,1)"])
+    assert args.sizes == [10_000, 4_194_304] and args.formats == ["posit(16,1)"]
+    assert args.func is bench.run
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--sizes", "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["bench", "--help"])
+    assert exit_info.value.code == 0
+    assert "--quick" in capsys.readouterr().out
+
+
+def test_gpu_check_dry_run_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks/gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    code = gpu_check.main(["--cpu-dry-run", "--formats", "fixed", "--size", "3000"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "FAIL" not in out and out.count("ok") >= 4

@@ -1,0 +1,368 @@
+"""The compiled (fused) path against the eager reference, bitwise; kernel modes; fallback.
+
+The oracle here is the eager path itself (``fmt.quantize_kernel`` run op by op), which the
+format tests check against independent references. Compiling is slow on a small machine,
+so each (format, rounding, dtype) is compiled once per process and every test reuses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+import torch
+from edge_cases import SPECIALS_F32, bits_equal, random_float32
+
+import qtorch
+from qtorch.cli.bench import FAMILIES, family_format
+from qtorch.kernels import fused
+from qtorch.rounding import Rounding
+
+#: One format per family (the ones the benchmark times), plus a block format with a dim.
+FORMAT_NAMES = [*FAMILIES, "block(8,0)"]
+DEFAULT_ROUNDINGS = (Rounding.NEAREST, Rounding.STOCHASTIC)
+
+
+def _format(name: str) -> qtorch.Format:
+    try:
+        return family_format(name)
+    except (ValueError, ImportError) as err:
+        pytest.skip(f"{name} not available: {err}")
+
+
+def _inputs(fmt: qtorch.Format | None = None, every_shape: bool = False) -> list[torch.Tensor]:
+    """Random bit patterns with specials, in sizes and shapes this process has not seen.
+
+    Block formats keep their shape on the compiled path and compile once per rank and
+    pattern of size-1 dimensions, so by default they get 2-D inputs only.
+    """
+    bits = torch.cat([SPECIALS_F32, random_float32(2 * 4099 - len(SPECIALS_F32), seed=1)])
+    two_d = [
+        bits.view(2, 4099),  # odd sizes, every kind of float32
+        (torch.randn(96, 65) * 4).t(),  # non-contiguous
+        torch.randn(64, 3, 33)[:, 1] * 2,  # non-contiguous, strided rows
+        torch.empty(0, 5),
+    ]
+    if fmt is not None and not fmt.elementwise and not every_shape:
+        return two_d
+    return [*two_d, bits, torch.randn(10007) * 8, torch.randn(1), torch.empty(0)]
+
+
+def _both(
+    x: torch.Tensor, fmt: qtorch.Format, rounding: Rounding, seed: int = 7
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out = []
+    for mode in ("eager", "compiled"):
+        torch.manual_seed(seed)
+        with qtorch.kernel_mode(mode):
+            out.append(qtorch.quantize(x, fmt, rounding))
+    return out[0], out[1]
+
+
+def _check_family(name: str, rounding: Rounding, every_shape: bool = False) -> None:
+    fmt = _format(name)
+    for x in _inputs(fmt, every_shape):
+        before = x.clone()
+        eager, compiled = _both(x, fmt, rounding)
+        assert bits_equal(eager, compiled), (name, rounding, tuple(x.shape))
+        assert bits_equal(x, before)  # input untouched
+
+
+#: The default run samples the family x rounding matrix (each compile costs 5-30 s on two
+#: busy cores): both roundings of fixed point, one of each other family; MX and NVFP4
+#: (the slowest compiles) and the rest of the matrix are in the slow run.
+SAMPLED = [
+    ("fixed", Rounding.NEAREST),
+    ("fixed", Rounding.STOCHASTIC),
+    ("float", Rounding.STOCHASTIC),
+    ("block(8,0)", Rounding.NEAREST),
+    ("posit", Rounding.STOCHASTIC),
+    ("codebook16", Rounding.NEAREST),
+]
+
+
+@pytest.mark.parametrize(("name", "rounding"), SAMPLED, ids=lambda v: getattr(v, "value", v))
+def test_fused_matches_eager(name: str, rounding: Rounding) -> None:
+    _check_family(name, rounding)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rounding", DEFAULT_ROUNDINGS, ids=lambda r: r.value)
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_fused_matches_eager_all_families(name: str, rounding: Rounding) -> None:
+    _check_family(name, rounding, every_shape=True)
+
+
+@pytest.mark.parametrize("name", ["fixed", "block(8,0)"])
+def test_fused_in_place_matches_eager(name: str) -> None:
+    fmt = _format(name)
+    for x in _inputs(fmt):
+        with qtorch.kernel_mode("eager"):
+            expected = qtorch.quantize(x, fmt)
+        y = x.clone() if x.is_contiguous() else x.t().clone().t()
+        ptr = y.data_ptr()
+        with qtorch.kernel_mode("compiled"):
+            result = qtorch.quantize_(y, fmt)
+        assert result is y and y.data_ptr() == ptr
+        assert bits_equal(y, expected), (name, tuple(x.shape))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rounding", "in_place"),
+    [
+        (torch.float64, Rounding.NEAREST, False),
+        (torch.float16, Rounding.STOCHASTIC, True),
+        (torch.bfloat16, Rounding.NEAREST, False),
+    ],
+    ids=str,
+)
+def test_fused_other_dtypes(dtype: torch.dtype, rounding: Rounding, in_place: bool) -> None:
+    fmt = _format("fixed")
+    x = (torch.randn(3001) * 4).to(dtype)
+    torch.manual_seed(7)
+    with qtorch.kernel_mode("eager"):
+        eager = qtorch.quantize(x, fmt, rounding)
+    torch.manual_seed(7)
+    with qtorch.kernel_mode("compiled"):
+        compiled = (
+            qtorch.quantize_(x.clone(), fmt, rounding)
+            if in_place
+            else qtorch.quantize(x, fmt, rounding)
+        )
+    assert compiled.dtype == dtype
+    assert bits_equal(eager.float(), compiled.float())
+
+
+def test_new_sizes_do_not_recompile() -> None:
+    from torch._dynamo.utils import counters
+
+    fmt = _format("fixed")
+    with qtorch.kernel_mode("compiled"):
+        qtorch.quantize(torch.randn(5000), fmt)
+        graphs = counters["stats"]["unique_graphs"]
+        for n in (5001, 7, 123457, 2**16 + 1, 99):
+            x = torch.randn(n, 3)
+            with qtorch.kernel_mode("eager"):
+                expected = qtorch.quantize(x, fmt)
+            assert bits_equal(qtorch.quantize(x, fmt), expected)
+        assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_formats_of_one_family_do_not_share_state() -> None:
+    # Two formats of one family with the same rounding compile separately; Dynamo must not
+    # see the second one's parameters as "changed constants" of the first and make them
+    # symbolic (which broke the kernel's Python arithmetic on them).
+    with qtorch.kernel_mode("compiled"):
+        for spec in ("fixed(8,4)", "fixed(12,3,symmetric=true)"):
+            fmt = _format(spec)
+            for n in (5000, 1, 7001):
+                x = torch.randn(n) * 50
+                with qtorch.kernel_mode("eager"):
+                    expected = qtorch.quantize(x, fmt)
+                assert bits_equal(qtorch.quantize(x, fmt), expected), (spec, n)
+
+
+def test_stochastic_generator_and_seed_reproduce() -> None:
+    fmt = _format("fixed")
+    x = torch.randn(20000)
+    with qtorch.kernel_mode("compiled"):
+        a = qtorch.quantize(x, fmt, "stochastic", generator=torch.Generator().manual_seed(3))
+        b = qtorch.quantize(x, fmt, "stochastic", generator=torch.Generator().manual_seed(3))
+        c = qtorch.quantize(x, fmt, "stochastic", generator=torch.Generator().manual_seed(4))
+    with qtorch.kernel_mode("eager"):
+        d = qtorch.quantize(x, fmt, "stochastic", generator=torch.Generator().manual_seed(3))
+    assert bits_equal(a, b) and bits_equal(a, d)
+    assert not bits_equal(a, c)
+
+
+DIRECTED = [r for r in Rounding if r not in DEFAULT_ROUNDINGS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rounding", DIRECTED, ids=lambda r: r.value)
+@pytest.mark.parametrize("name", ["fixed", "fixed(12,3,symmetric=true)", "float", "block(8,0)"])
+def test_fused_matches_eager_directed(name: str, rounding: Rounding) -> None:
+    fmt = _format(name)
+    if rounding not in fmt.roundings:
+        pytest.skip(f"{name} has no {rounding.value} rounding")
+    _check_family(name, rounding)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rounding", DEFAULT_ROUNDINGS, ids=lambda r: r.value)
+@pytest.mark.parametrize("name", ["fixed", "float", "float8_e4m3fn", "posit", "codebook256"])
+def test_fused_matches_eager_float64(name: str, rounding: Rounding) -> None:
+    fmt = _format(name)
+    for x in _inputs(fmt):
+        eager, compiled = _both(x.double() * 3, fmt, rounding)
+        assert bits_equal(eager, compiled), (name, rounding, tuple(x.shape))
+
+
+@pytest.mark.slow
+def test_quantize_inside_user_compile() -> None:
+    fmt = _format("float")
+
+    @torch.compile(fullgraph=True)
+    def step(x: torch.Tensor) -> torch.Tensor:
+        return qtorch.quantize(x * 2, fmt) + 1
+
+    x = torch.randn(5000)
+    with qtorch.kernel_mode("eager"):
+        expected = qtorch.quantize(x * 2, fmt) + 1
+    assert bits_equal(step(x), expected)
+
+
+# --- the fallback when compiling fails ------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_fused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty kernel cache and no past warning, restored after the test."""
+    monkeypatch.setattr(fused, "_cache", {})
+    monkeypatch.setattr(fused, "_broken", set())
+    monkeypatch.setattr(fused, "_warned", False)
+
+
+def _raise_at_compile(fn: object) -> object:
+    raise RuntimeError("no C++ compiler found")
+
+
+def _raise_at_call(fn: object) -> object:
+    def broken(*args: object) -> object:
+        raise RuntimeError("InductorError: C++ compile error")
+
+    return broken
+
+
+@pytest.mark.usefixtures("fresh_fused")
+@pytest.mark.parametrize("failure", [_raise_at_compile, _raise_at_call])
+def test_failing_compile_falls_back_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, failure: object
+) -> None:
+    monkeypatch.setattr(fused, "_compile", failure)
+    x = torch.randn(5000) * 4
+    fixed, float_ = _format("fixed"), _format("float")
+    with qtorch.kernel_mode("eager"):
+        expected = [qtorch.quantize(x, f, r) for f in (fixed, float_) for r in DEFAULT_ROUNDINGS]
+    torch.manual_seed(0)
+    with qtorch.kernel_mode("eager"):
+        expected_sr = qtorch.quantize(x, fixed, "stochastic")
+    with qtorch.kernel_mode("compiled"), pytest.warns(fused.CompileFallbackWarning) as record:
+        got = [qtorch.quantize(x, f, r) for f in (fixed, float_) for r in ("nearest",)]
+        torch.manual_seed(0)
+        got_sr = qtorch.quantize(x, fixed, "stochastic")  # same noise as eager
+        y = x.clone()
+        qtorch.quantize_(y, fixed)
+        qtorch.quantize(x, fixed)  # a known-broken key: not tried again
+    assert len(record) == 1
+    assert "eager" in str(record[0].message)
+    assert bits_equal(got[0], expected[0]) and bits_equal(got[1], expected[2])
+    assert bits_equal(got_sr, expected_sr)
+    assert bits_equal(y, expected[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class _TwoDimensional(qtorch.Format):
+    """A format that refuses inputs that are not 2-D (a user error, not a compile error)."""
+
+    def quantize_kernel(
+        self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        if x.dim() != 2:
+            raise ValueError("_TwoDimensional: x must be 2-D")
+        return torch.round(x)
+
+
+@pytest.mark.usefixtures("fresh_fused")
+def test_kernel_errors_are_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused, "_compile", _raise_at_call)
+    fmt = _TwoDimensional()
+    with qtorch.kernel_mode("compiled"):
+        with pytest.raises(ValueError, match="must be 2-D"):
+            qtorch.quantize(torch.randn(5000), fmt)  # and no warning: that would be an error
+        with pytest.warns(fused.CompileFallbackWarning):
+            assert bits_equal(
+                qtorch.quantize(torch.full((2, 3), 2.5), fmt), torch.full((2, 3), 2.0)
+            )
+
+
+# --- kernel modes ---------------------------------------------------------------------------
+
+
+def test_kernel_mode_switching() -> None:
+    assert qtorch.get_kernel_mode() == "auto"
+    qtorch.set_kernel_mode("eager")
+    try:
+        assert qtorch.get_kernel_mode() == "eager"
+        with qtorch.kernel_mode("compiled"):
+            assert qtorch.get_kernel_mode() == "compiled"
+            with pytest.raises(RuntimeError), qtorch.kernel_mode("auto"):
+                assert qtorch.get_kernel_mode() == "auto"
+                raise RuntimeError("restored on errors too")
+            assert qtorch.get_kernel_mode() == "compiled"
+        assert qtorch.get_kernel_mode() == "eager"
+    finally:
+        qtorch.set_kernel_mode("auto")
+    assert qtorch.get_kernel_mode() == "auto"
+
+
+@pytest.mark.parametrize("bad", ["fast", "", "EAGER", None, 1])
+def test_kernel_mode_rejects_unknown(bad: object) -> None:
+    with pytest.raises(ValueError, match="kernel mode must be one of"):
+        qtorch.set_kernel_mode(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError), qtorch.kernel_mode(bad):  # type: ignore[arg-type]
+        pass
+    assert qtorch.get_kernel_mode() == "auto"
+
+
+def test_which_path_each_mode_takes() -> None:
+    big, tiny = torch.randn(fused.EAGER_BELOW["cpu"]), torch.randn(3)
+    with qtorch.kernel_mode("eager"):
+        assert not fused.wants_compiled(big)
+    with qtorch.kernel_mode("compiled"):
+        assert fused.wants_compiled(big) and fused.wants_compiled(tiny)
+        assert not fused.wants_compiled(torch.empty(0))
+        assert not fused.wants_compiled(big.clone().requires_grad_())
+        with torch.no_grad():
+            assert fused.wants_compiled(big.clone().requires_grad_())
+    with qtorch.kernel_mode("auto"):
+        assert not fused.wants_compiled(tiny)
+        assert fused.wants_compiled(big) == fused.compile_available("cpu")
+
+
+@pytest.mark.usefixtures("fresh_fused")
+def test_auto_compiles_only_hot_quantizers(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: list[str] = []
+
+    def record_compile(fn: Callable[..., object]) -> Callable[..., object]:
+        compiled.append(fn.__code__.co_name)
+        return fn  # run the kernel uncompiled: this test is about the dispatch only
+
+    monkeypatch.setattr(fused, "_compile", record_compile)
+    monkeypatch.setattr(fused, "compile_available", lambda device_type: True)
+    monkeypatch.setattr(fused, "AUTO_COMPILE_AFTER_S", 0.02)
+    fmt = _format("fixed")
+    x = torch.randn(fused.EAGER_BELOW["cpu"]) * 4
+    with qtorch.kernel_mode("eager"):
+        expected = qtorch.quantize(x, fmt)
+    with qtorch.kernel_mode("auto"):
+        for _ in range(100):
+            qtorch.quantize(x[:100], fmt)  # small tensors never count
+        assert bits_equal(qtorch.quantize(x, fmt), expected)
+        assert compiled == []  # one call is not worth a compile
+        for _ in range(100_000):
+            assert bits_equal(qtorch.quantize(x, fmt), expected)
+            if compiled:
+                break
+    assert len(compiled) == 1 and compiled[0].startswith("quantize_FixedPoint_nearest")
+
+
+def test_autograd_input_keeps_eager_graph() -> None:
+    x = torch.randn(fused.EAGER_BELOW["cpu"] * 2, requires_grad=True)
+    with qtorch.kernel_mode("compiled"):
+        q = qtorch.quantize(x, _format("fixed"))
+    with qtorch.kernel_mode("eager"):
+        expected = qtorch.quantize(x, _format("fixed"))
+    assert q.requires_grad == expected.requires_grad
+    assert bits_equal(q.detach(), expected.detach())

@@ -1,0 +1,142 @@
+"""The input contract for fixed point, block floating point and the QPyTorch functions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from edge_cases import bits_equal
+
+from qtorch import BlockFloatingPoint, FixedPoint, FloatingPoint, Format, quantize
+from qtorch.quant import block_quantize, fixed_point_quantize, float_quantize
+
+FORMATS: list[Format] = [
+    FixedPoint(8, 4),
+    FixedPoint(8, 4, clamp=False),
+    FixedPoint(6, -1, symmetric=True),
+    BlockFloatingPoint(6),
+    BlockFloatingPoint(6, dim=1),
+    FloatingPoint(4, 3),
+]
+
+Quantizer = Callable[[torch.Tensor], torch.Tensor]
+
+#: The QPyTorch functions, nearest rounding, as one-argument callables.
+FUNCTIONS: dict[str, Quantizer] = {
+    "fixed_point_quantize": lambda x: fixed_point_quantize(x, 8, 4, rounding="nearest"),
+    "block_quantize": lambda x: block_quantize(x, 6, rounding="nearest"),
+    "block_quantize_dim1": lambda x: block_quantize(x, 6, 1, rounding="nearest"),
+    "float_quantize": lambda x: float_quantize(x, 4, 3, rounding="nearest"),
+}
+
+
+def _sample() -> torch.Tensor:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 8, generator=g) * 4
+    x[0, :4] = torch.tensor([0.0, -0.0, math.inf, math.nan])
+    x[1, :3] = torch.tensor([0.03125, -0.09375, 1000.0])  # ties and overflow
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fmt", FORMATS, ids=repr)
+def test_other_float_dtypes_come_back_in_their_dtype(fmt: Format, dtype: torch.dtype) -> None:
+    x = _sample().to(dtype)
+    got = quantize(x, fmt)
+    assert got.dtype == dtype and got.shape == x.shape
+    # these inputs are float32 values: the float64 result is the float32 one, exactly;
+    # float16 / bfloat16 are rounded in float32 and cast back
+    expected = quantize(x.float(), fmt).to(dtype)
+    assert bits_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_functions_keep_the_dtype(name: str, dtype: torch.dtype) -> None:
+    x = _sample().to(dtype)
+    got = FUNCTIONS[name](x)
+    assert got.dtype == dtype and bits_equal(got, FUNCTIONS[name](x.float()).to(dtype))
+
+
+def test_fixed_point_values_survive_half_casts() -> None:
+    """FixedPoint(8, 4) values are float16 and bfloat16 numbers: no second rounding."""
+    for dtype in (torch.float16, torch.bfloat16):
+        x = _sample().to(dtype)
+        expected = quantize(x.float(), FixedPoint(8, 4))
+        assert bits_equal(quantize(x, FixedPoint(8, 4)).float(), expected)
+
+
+@pytest.mark.parametrize(
+    "bad", [torch.int32, torch.int64, torch.int8, torch.uint8, torch.bool, torch.complex64]
+)
+@pytest.mark.parametrize("fmt", FORMATS, ids=repr)
+def test_non_float_tensors_raise_type_error(fmt: Format, bad: torch.dtype) -> None:
+    x = torch.ones(3).to(bad)
+    with pytest.raises(TypeError, match="must be float32, float64, float16 or bfloat16"):
+        quantize(x, fmt)
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_functions_reject_non_float(name: str) -> None:
+    for bad in (torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.bool)):
+        with pytest.raises(TypeError):
+            FUNCTIONS[name](bad)
+    with pytest.raises(TypeError):
+        FUNCTIONS[name]([1.0, 2.0])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 4, 2)])
+@pytest.mark.parametrize("fmt", FORMATS, ids=repr)
+def test_empty_tensors(fmt: Format, shape: tuple[int, ...]) -> None:
+    if isinstance(fmt, BlockFloatingPoint) and fmt.dim >= len(shape):
+        with pytest.raises(ValueError, match=r"dim must be -1 or in 0\.\.0"):
+            quantize(torch.empty(shape), fmt)
+        return
+    for rounding in ("nearest", "stochastic"):
+        got = quantize(torch.empty(shape), fmt, rounding)
+        assert got.shape == shape and got.dtype == torch.float32
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if getattr(f, "dim", -1) == -1], ids=repr)
+def test_zero_dim_tensors(fmt: Format) -> None:
+    x = torch.tensor(0.3)
+    got = quantize(x, fmt)
+    assert got.shape == () and bits_equal(got.reshape(1), quantize(x.reshape(1), fmt))
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=repr)
+def test_non_contiguous_inputs(fmt: Format) -> None:
+    base = _sample()
+    for x in (base.t(), base[:, ::3], base[::2].t()[1:]):
+        assert not x.is_contiguous()
+        got = quantize(x, fmt)
+        assert got.shape == x.shape and bits_equal(got, quantize(x.contiguous(), fmt))
+        torch.manual_seed(3)
+        noisy = quantize(x, fmt, "stochastic")
+        torch.manual_seed(3)
+        assert bits_equal(noisy, quantize(x.contiguous(), fmt, "stochastic"))
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=repr)
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic", "down"])
+def test_input_is_never_modified(fmt: Format, rounding: str) -> None:
+    for x in (_sample(), _sample().double(), _sample().half(), _sample().t()):
+        before = x.clone()
+        got = quantize(x, fmt, rounding)
+        assert bits_equal(x, before) and got.data_ptr() != x.data_ptr()
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_functions_never_modify_input(name: str) -> None:
+    x = _sample()
+    before = x.clone()
+    FUNCTIONS[name](x)
+    assert bits_equal(x, before)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=repr)
+def test_unknown_rounding_is_a_value_error(fmt: Format) -> None:
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        quantize(_sample(), fmt, "round_half_up")
