@@ -7,6 +7,7 @@ import functools
 import itertools
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from fractions import Fraction
 from typing import NamedTuple
@@ -311,7 +312,18 @@ def _geometric(a: kern.Ratio, b: kern.Ratio) -> kern.Cut:
     return kern.value_cut(0.0, tie_up=b[0] == 0)  # a zero entry takes ±0; across zero at 0
 
 
-@torch.compiler.assume_constant_result
+def _compile_constant(fn: Callable[..., CodebookTables]) -> Callable[..., CodebookTables]:
+    """Mark ``fn`` for ``torch.compile`` as returning a constant (run at trace time).
+
+    This sets the attribute that ``torch.compiler.assume_constant_result`` sets (a test checks
+    that they agree), because calling that function imports ``torch._dynamo``, which would
+    add about two seconds to ``import qtorch``.
+    """
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
+@_compile_constant
 def _tables(fmt: Codebook, dtype: torch.dtype, device: torch.device) -> CodebookTables:
     """The lookup tensors, built once; ``torch.compile`` runs this natively (a constant)."""
     return _build_tables(fmt, dtype, device)

@@ -1,0 +1,27 @@
+"""Importing qtorch stays cheap and compiles nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+
+def test_import_does_not_load_the_compiler() -> None:
+    code = "import sys, qtorch; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_constant_marker_matches_torch() -> None:
+    """formats/codebook.py marks its table builder the way torch.compiler does."""
+    from qtorch.formats import codebook
+
+    def probe() -> int:
+        return 0
+
+    torch.compiler.assume_constant_result(probe)
+    marked = {k: v for k, v in vars(probe).items()}
+    assert marked == {"_dynamo_marked_constant": True}
+    assert codebook._tables._dynamo_marked_constant is True
