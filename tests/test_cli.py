@@ -7,9 +7,11 @@ import math
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 import qtorch
 from qtorch.cli.demo import split_top_level
@@ -205,3 +207,39 @@ def test_split_top_level() -> None:
         "posit(8,2)",
         "codebook([0.5,1],scale=2)",
     ]
+
+
+def fake_torchvision(present: bool) -> types.ModuleType:
+    """A stand-in for torchvision whose MNIST holds a few random images (or is missing)."""
+
+    class MNIST:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            assert download is False  # the demo never downloads
+            if not present:
+                raise RuntimeError("Dataset not found. You can use download=True to download it")
+            g = torch.Generator().manual_seed(int(train))
+            n = 96 if train else 32
+            self.data = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)
+            self.targets = torch.randint(0, 10, (n,), generator=g)
+
+    module = types.ModuleType("torchvision")
+    module.datasets = types.SimpleNamespace(MNIST=MNIST, CIFAR10=MNIST)  # type: ignore[attr-defined]
+    return module
+
+
+def test_demo_torchvision_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["demo", "--dataset", "mnist", "--data-dir", str(tmp_path), "--epochs", "1"]
+    args += ["--formats", "fp32,bfloat16", "--no-progress", "--json", str(tmp_path / "r.json")]
+    monkeypatch.setitem(sys.modules, "torchvision", fake_torchvision(present=True))
+    assert main(args) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["dataset"] == "mnist"
+    assert [r["setting"] for r in report["results"]] == ["fp32", "bfloat16"]
+    assert all(0 <= r["final_test_acc"] <= 1 for r in report["results"])
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "torchvision", fake_torchvision(present=False))
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qtorch demo: error: mnist not found in")

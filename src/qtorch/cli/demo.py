@@ -265,10 +265,16 @@ def register(subparsers: Any) -> None:
         "(default: all settings)",
     )
     parser.add_argument(
-        "--epochs", type=int, default=DEFAULT_EPOCHS, help=f"(default {DEFAULT_EPOCHS})"
+        "--epochs",
+        type=int,
+        default=DEFAULT_EPOCHS,
+        metavar="N",
+        help=f"(default {DEFAULT_EPOCHS})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds init, data order, rounding")
-    parser.add_argument("--batch-size", type=int, default=64, help="(default 64)")
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seeds init, data order, rounding"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="(default 64)")
     parser.add_argument(
         "--dataset",
         choices=("digits", "mnist", "cifar10"),

@@ -125,7 +125,6 @@ class Result:
     test_acc: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
-    error: str | None = None
 
     @property
     def final_acc(self) -> float:
@@ -144,7 +143,6 @@ class Result:
             "seconds": self.seconds,
             "test_acc_per_epoch": self.test_acc,
             "train_loss_per_epoch": self.train_loss,
-            "error": self.error,
         }
 
 
