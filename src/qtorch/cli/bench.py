@@ -89,17 +89,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: The clock of :func:`median_time`: wall time, or (``--timer cpu``) the CPU time of the
+#: calling thread, which a busy shared machine disturbs much less (used with one thread).
+_clock: Callable[[], float] = time.perf_counter
+
+
 def median_time(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    """Median time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
     _sync(device)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = _clock()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(_clock() - start)
     return statistics.median(times)
 
 
@@ -117,30 +122,43 @@ def resolve_formats(names: Sequence[str]) -> list[tuple[str, Any]]:
     return found
 
 
+#: Each measurement alternates the reference and the quantizer this many times; the ratio
+#: reported is the median of the per-round ratios (robust to a machine that gets busier).
+ROUNDS = 3
+
+
 def _time_path(
     mode: str,
     x: torch.Tensor,
     fmt: Any,
     rounding: str,
+    ref_fn: Callable[[], Any],
     repeats: int,
     warmup: int,
     budget_s: float,
-) -> tuple[float, float]:
-    """(median seconds, first-call seconds) of qtorch.quantize in one kernel mode."""
+) -> tuple[float, float, float, float]:
+    """(median s, reference median s, median ratio, first-call s) of one kernel mode."""
     import qtorch
+
+    def run() -> Any:
+        return qtorch.quantize(x, fmt, rounding)
 
     with qtorch.kernel_mode(mode):
         start = time.perf_counter()
-        qtorch.quantize(x, fmt, rounding)
+        run()
         _sync(x.device)
         first = time.perf_counter() - start
         # slow eager kernels on large tensors: fewer repeats, never fewer than three
-        second = median_time(lambda: qtorch.quantize(x, fmt, rounding), x.device, 1, 0)
+        second = median_time(run, x.device, 1, max(0, warmup - 1))
         reps = max(3, min(repeats, int(budget_s / max(second, 1e-9))))
-        seconds = median_time(
-            lambda: qtorch.quantize(x, fmt, rounding), x.device, reps, max(0, warmup - 1)
-        )
-    return seconds, first
+        rounds = [
+            (median_time(ref_fn, x.device, repeats, 1), median_time(run, x.device, reps, 0))
+            for _ in range(ROUNDS)
+        ]
+    ratio = statistics.median(t / ref for ref, t in rounds)
+    seconds = statistics.median(t for _, t in rounds)
+    ref_seconds = statistics.median(ref for ref, _ in rounds)
+    return seconds, ref_seconds, ratio, first
 
 
 def _reference(x: torch.Tensor) -> tuple[str, Callable[[], Any]]:
@@ -170,12 +188,21 @@ def measure(
             for rounding in ROUNDINGS:
                 if rounding not in {r.value for r in fmt.roundings}:
                     continue
-                ref = median_time(ref_fn, device, max(repeats, 5), warmup)
-                times: dict[str, tuple[float, float] | None] = {"eager": None, "fused": None}
-                for path in paths:
-                    mode = "compiled" if path == "fused" else "eager"
-                    times[path] = _time_path(mode, x, fmt, rounding, repeats, warmup, budget_s)
-                eager, fused = times["eager"], times["fused"]
+                times = {
+                    path: _time_path(
+                        "compiled" if path == "fused" else "eager",
+                        x,
+                        fmt,
+                        rounding,
+                        ref_fn,
+                        repeats,
+                        warmup,
+                        budget_s,
+                    )
+                    for path in paths
+                }
+                eager, fused = times.get("eager"), times.get("fused")
+                refs = [t[1] for t in times.values()]
                 row = Row(
                     family=family,
                     format=repr(fmt),
@@ -183,13 +210,13 @@ def measure(
                     device=str(device),
                     n=n,
                     reference=reference,
-                    reference_ms=ref * 1e3,
+                    reference_ms=statistics.median(refs) * 1e3,
                     eager_ms=None if eager is None else eager[0] * 1e3,
                     fused_ms=None if fused is None else fused[0] * 1e3,
-                    eager_ratio=None if eager is None else eager[0] / ref,
-                    fused_ratio=None if fused is None else fused[0] / ref,
+                    eager_ratio=None if eager is None else eager[2],
+                    fused_ratio=None if fused is None else fused[2],
                     fused_melem_s=None if fused is None else n / fused[0] / 1e6,
-                    first_call_s=None if fused is None else fused[1],
+                    first_call_s=None if fused is None else fused[3],
                 )
                 print(format_row(row), flush=True)
                 rows.append(row)
@@ -228,11 +255,16 @@ def environment(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_1min": load,
+        "timer": "cpu (thread_time)" if _clock is time.thread_time else "wall",
     }
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by the parsed ``args``; return the exit code."""
+    global _clock
+    _clock = time.thread_time if args.timer == "cpu" else time.perf_counter
+    if args.timer == "cpu":
+        args.threads, args.device = 1, "cpu"
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = QUICK_SIZES if args.quick and not args.sizes else tuple(args.sizes or SIZES)
@@ -297,6 +329,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--device", choices=("cpu", "cuda", "all"), default="all", help="cuda rows need a GPU"
+    )
+    parser.add_argument(
+        "--timer",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: CPU time of one thread (forces --threads 1; for busy shared machines)",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
