@@ -1,7 +1,10 @@
 """Bit-level helpers on IEEE binary32 / binary64 tensors.
 
 All functions are branch-free elementwise tensor code that works for float32 (int32 views)
-and float64 (int64 views), on any device, and under ``torch.compile``.
+and float64 (int64 views), on any device, and under ``torch.compile``. They use only
+operations that Inductor's CPU code generator vectorizes: bit views, shifts, masks,
+comparisons, ``torch.where`` and float arithmetic; not integer division, ``torch.signbit``
+or ``torch.isnan``/``isinf``, which it compiles to scalar loops (several times slower).
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ class FloatLayout:
     def min_normal_exp(self) -> int:
         return 1 - self.bias
 
+    @property
+    def magnitude_mask(self) -> int:
+        """The bits of a pattern other than the sign bit."""
+        return (1 << (self.mantissa_bits + self.exponent_bits)) - 1
+
 
 FLOAT32 = FloatLayout(torch.float32, torch.int32, 23, 8)
 FLOAT64 = FloatLayout(torch.float64, torch.int64, 52, 11)
@@ -40,6 +48,33 @@ def layout(dtype: torch.dtype) -> FloatLayout:
     if dtype == torch.float64:
         return FLOAT64
     raise TypeError(f"working dtype must be float32 or float64, got {dtype}")
+
+
+def signbit(x: torch.Tensor) -> torch.Tensor:
+    """``torch.signbit(x)``: True where the sign bit is set (-0.0 and negative NaN included).
+
+    Read from the bit pattern, which Inductor vectorizes (it does not vectorize signbit).
+    """
+    return x.view(layout(x.dtype).int_dtype) < 0
+
+
+def isnan(x: torch.Tensor) -> torch.Tensor:
+    """``torch.isnan(x)``, written as ``x != x`` (which Inductor vectorizes)."""
+    return x != x
+
+
+def mul_pow2(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x * 2**n for a Python int n, by constant multiplications.
+
+    Exact whenever the exact product is representable. 2**n is applied in two halves when it
+    lies outside the dtype's normal range (|n| up to twice the bias), so that no constant is
+    subnormal or infinite; the intermediate product then lies between x and the result.
+    """
+    lay = layout(x.dtype)
+    if lay.min_normal_exp <= n <= lay.bias:
+        return x * 2.0**n
+    half = n >> 1
+    return x * 2.0**half * 2.0 ** (n - half)
 
 
 def exponent(x: torch.Tensor) -> torch.Tensor:
@@ -74,5 +109,5 @@ def ldexp(x: torch.Tensor, e: torch.Tensor | int) -> torch.Tensor:
     """
     if isinstance(e, int):
         e = torch.tensor(e, dtype=torch.int32, device=x.device)
-    e1 = torch.div(e, 2, rounding_mode="floor")
+    e1 = e >> 1  # floor(e / 2); a shift vectorizes where integer division does not
     return x * pow2(e1, x.dtype) * pow2(e - e1, x.dtype)

@@ -5,10 +5,13 @@ Pure tensor code on float32 / float64 tensors; ``wl`` and ``dim`` are plain ints
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from qtorch.kernels.bits import exponent, layout, pow2
-from qtorch.kernels.fixed import largest_grid_value, round_signed_
+from qtorch.kernels.bits import exponent, layout, pow2, signbit
+from qtorch.kernels.fixed import largest_grid_value
+from qtorch.kernels.round import round_integer
 from qtorch.rounding import Rounding
 
 
@@ -42,8 +45,9 @@ def quantize_block(
 
     Each element is scaled exactly to its block's integer grid (by two per-block powers of
     two, so the scale may lie outside the dtype's exponent range), rounded, clamped and
-    scaled back. A scaled magnitude below 2**-(p + 8) may have underflowed; it rounds like
-    2**-(p + 8) in every mode (the noise is coarser), so that value stands in for it.
+    scaled back. A scaled magnitude may underflow, but only far below 2**-(p + 8) (p the
+    dtype's fraction bits), where every mode rounds it as it rounds 2**-(p + 8) (the noise
+    is coarser), so that value stands in for a magnitude that became zero.
 
     >>> quantize_block(torch.tensor([1.0, 0.3, -0.7]), 4, -1, Rounding.NEAREST)
     tensor([ 1.0000,  0.2500, -0.7500])
@@ -51,19 +55,18 @@ def quantize_block(
     lay = layout(x.dtype)
     top = block_max(x, dim)
     quantum_exp = exponent(top) + (2 - wl)  # per block; NaN/Inf blocks: harmless, see below
-    half = torch.div(quantum_exp, 2, rounding_mode="floor")
-    mantissa = x * pow2(-half, x.dtype) * pow2(half - quantum_exp, x.dtype)
+    half = quantum_exp >> 1  # floor(quantum_exp / 2): a shift vectorizes, division does not
+    magnitude = x.abs() * pow2(-half, x.dtype) * pow2(half - quantum_exp, x.dtype)
     if rounding in (Rounding.STOCHASTIC, Rounding.DOWN, Rounding.UP):
+        # an underflowed (to zero) magnitude rounds like any magnitude below the noise's
+        # resolution: stand in 2**-(p + 8) for it
         tiny = 2.0 ** -(lay.mantissa_bits + 8)
-        small = (mantissa.abs() < tiny) & (x != 0)
-        mantissa = torch.where(small, torch.sign(x) * tiny, mantissa)
-    mantissa = round_signed_(mantissa, rounding, noise)
+        magnitude = torch.where((magnitude == 0) & (x != 0), tiny, magnitude)
+    k = round_integer(magnitude, rounding, signbit(x), noise)
     # 2**(wl-1) - 1, or the largest dtype value below it when the dtype cannot hold that:
     # then the step is finer than the ulp of the block's top binade, the only elements the
     # clamp can touch, so they were not rounded and the clamp changes nothing
-    mantissa_max = largest_grid_value((1 << (wl - 1)) - 1, 0, x.dtype)
-    mantissa = mantissa.clamp_(-mantissa_max, mantissa_max)
-    nan_if_special = torch.where(torch.isfinite(top), 1.0, torch.nan).to(x.dtype)
-    return mantissa.mul_(pow2(half, x.dtype) * nan_if_special).mul_(
-        pow2(quantum_exp - half, x.dtype)
-    )
+    k = k.clamp(max=largest_grid_value((1 << (wl - 1)) - 1, 0, x.dtype))
+    nan_if_special = torch.where(top < math.inf, 1.0, math.nan).to(x.dtype)
+    scale = pow2(half, x.dtype) * nan_if_special
+    return torch.copysign(k * scale * pow2(quantum_exp - half, x.dtype), x)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from qtorch.kernels.bits import FloatLayout, layout
-from qtorch.kernels.round import round_to_quantum
+from qtorch.kernels.round import round_signed_, round_to_quantum
 from qtorch.rounding import Rounding
 
 
@@ -48,23 +48,6 @@ def fixed_bounds(wl: int, fl: int, symmetric: bool, dtype: torch.dtype) -> tuple
     """The most negative and most positive values of the format that ``dtype`` holds exactly."""
     k_min, k_max = code_range(wl, symmetric)
     return -largest_grid_value(-k_min, fl, dtype), largest_grid_value(k_max, fl, dtype)
-
-
-def round_signed_(y: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None) -> torch.Tensor:
-    """Round y to integers (as floats), keeping the sign of zero; y is a temporary (overwritten)."""
-    if rounding is Rounding.NEAREST:
-        return y.round_()  # half to even
-    if rounding is Rounding.TOWARD_ZERO:
-        return y.trunc_()
-    if rounding is Rounding.DOWN:
-        return y.floor_()
-    if rounding is Rounding.UP:
-        return y.ceil_()
-    if noise is None:
-        raise ValueError("stochastic rounding needs noise")
-    magnitude = y.abs()
-    low = torch.floor(magnitude)
-    return torch.copysign(low + (noise < magnitude - low).to(y.dtype), y)
 
 
 def _round_scaled(

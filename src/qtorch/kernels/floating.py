@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from qtorch.kernels.bits import exponent, layout, ldexp, pow2
-from qtorch.kernels.round import round_to_quantum
+from qtorch.kernels.bits import exponent, layout, ldexp, signbit
+from qtorch.kernels.round import round_fraction_bits, round_scaled
 from qtorch.rounding import Rounding
 
 
@@ -56,30 +56,44 @@ def round_float(
 
     Nearest ties go to the even code (with ``man=0``, the even exponent field). NaN stays NaN
     and every result keeps x's sign bit (-0 stays -0).
+
+    Step 1 has two branch-free halves (both vectorize under ``torch.compile``): magnitudes
+    from 2**emin up keep ``man`` fraction bits (:func:`round_fraction_bits`, on the bit
+    pattern; every such x is a normal number of the working dtype, since emin >= -126), and
+    magnitudes below it are rounded to the constant quantum of the lowest binade
+    (:func:`round_scaled`): 2**(emin - man), or 2**(emin - 1 - man) without subnormals,
+    where everything below 2**(emin - 1) ends below 2**emin and is flushed anyway. NaN
+    takes the second half.
     """
     floor_exp = emin if subnormals else emin - 1
-    e = exponent(x).clamp(min=floor_exp)
-    r = round_to_quantum(x, e - man, rounding, noise)
-    if man == 0 and rounding is Rounding.NEAREST:
-        # No fraction bit: a tie between 2**e and 2**(e+1) goes to the even exponent field.
-        tie = ldexp(x.abs(), -e) == 1.5
-        r = torch.where(tie & ((e + (1 - emin)) % 2 == 0), torch.copysign(pow2(e, x.dtype), x), r)
+    r = torch.where(
+        x.abs() >= 2.0**emin,  # False for NaN, which round_scaled keeps
+        round_fraction_bits(x, man, rounding, noise),
+        round_scaled(x, floor_exp - man, rounding, noise),
+    )
+    if man == 0 and not subnormals and rounding is Rounding.NEAREST:
+        # The tie 1.5 * 2**(emin-1) lies between 2**(emin-1) and 2**emin: the even exponent
+        # field is the lower one, which flushes to zero. (Above 2**emin the even field of
+        # the working dtype is the format's: both biases are odd, except with exp=1, whose
+        # only format, 0 and ±2, saturates every tie above 2 to 2 either way.)
+        r = torch.where(x.abs() == 1.5 * 2.0 ** (emin - 1), r * 0.0, r)
     if not subnormals:
         r = torch.where(r.abs() < 2.0**emin, r * 0.0, r)
     limit = finite_limit(max_value, man, x.dtype)
-    clamped = r.clamp(-limit, limit)
+    clamped = r.clamp(-limit, limit)  # r has x's sign bit; NaN stays NaN
     if not has_inf and (saturate or not has_nan):
         return clamped  # every overflow saturates, ±Inf inputs included
-    special = x.abs() == math.inf  # ±Inf inputs (vectorizes better than isinf)
+    special = x.abs() == math.inf  # ±Inf inputs (vectorizes, unlike isinf)
     if not saturate and rounding is not Rounding.TOWARD_ZERO:
         overflow = r.abs() > limit
         if rounding is Rounding.DOWN:
-            overflow = overflow & torch.signbit(x)
+            overflow = overflow & signbit(x)
         elif rounding is Rounding.UP:
-            overflow = overflow & ~torch.signbit(x)
+            overflow = overflow & ~signbit(x)
         special = special | overflow
-    overflow_value = math.inf if has_inf else math.nan
-    return torch.copysign(torch.where(special, overflow_value, clamped), x)
+    if has_inf:
+        return torch.where(special, x * math.inf, clamped)  # x is nonzero there: ±Inf
+    return torch.where(special, torch.copysign(torch.full_like(x, math.nan), x), clamped)
 
 
 def decode_float(

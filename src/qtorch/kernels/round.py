@@ -1,10 +1,19 @@
-"""Rounding to a power-of-two grid: the shared core of fixed, float and block formats."""
+"""Rounding to a power-of-two grid: the shared core of fixed, float and block formats.
+
+Three formulations of the same operation, each exact (tests/test_rounding.py checks them
+against ``fractions``; tests/test_kernels_fast.py checks they agree bitwise):
+
+* :func:`round_to_quantum`: any quantum (a per-element tensor too), any magnitude;
+* :func:`round_scaled`: a constant quantum, by multiplications with constants (fast);
+* :func:`round_fraction_bits`: a fixed number of significand bits, on the bit pattern
+  (fast; the quantum follows each element's binade).
+"""
 
 from __future__ import annotations
 
 import torch
 
-from qtorch.kernels.bits import exponent, layout, ldexp
+from qtorch.kernels.bits import exponent, layout, ldexp, mul_pow2, signbit
 from qtorch.rounding import Rounding
 
 
@@ -24,7 +33,7 @@ def round_integer(
         if noise is None:
             raise ValueError("stochastic rounding needs noise")
         low = torch.floor(y)
-        return low + (noise < y - low).to(y.dtype)
+        return torch.where(noise < y - low, low + 1.0, low)
     if rounding is Rounding.TOWARD_ZERO:
         return torch.floor(y)
     if rounding is Rounding.DOWN:
@@ -32,6 +41,28 @@ def round_integer(
     if rounding is Rounding.UP:
         return torch.where(negative, torch.floor(y), torch.ceil(y))
     raise ValueError(f"unknown rounding {rounding!r}")
+
+
+def round_signed_(y: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None) -> torch.Tensor:
+    """Round y to integers (as floats), keeping the sign of zero; y is a temporary (overwritten).
+
+    The same integers as :func:`round_integer` on |y| with the sign put back: nearest ties
+    to even, directed modes by floor / ceil / trunc of the signed value, stochastic on the
+    magnitude (up with probability frac(|y|)). ±Inf and NaN pass through.
+    """
+    if rounding is Rounding.NEAREST:
+        return y.round_()  # half to even
+    if rounding is Rounding.TOWARD_ZERO:
+        return y.trunc_()
+    if rounding is Rounding.DOWN:
+        return y.floor_()
+    if rounding is Rounding.UP:
+        return y.ceil_()
+    if noise is None:
+        raise ValueError("stochastic rounding needs noise")
+    magnitude = y.abs()
+    low = torch.floor(magnitude)
+    return torch.copysign(torch.where(noise < magnitude - low, low + 1.0, low), y)
 
 
 def round_to_quantum(
@@ -61,5 +92,73 @@ def round_to_quantum(
         q_exp = torch.maximum(finest, quantum_exp.to(finest.dtype))
     scale_exp = torch.minimum(q_exp, e_x + mantissa_bits + 8)
     magnitude = ldexp(x.abs(), -scale_exp)
-    k = round_integer(magnitude, rounding, torch.signbit(x), noise)
+    k = round_integer(magnitude, rounding, signbit(x), noise)
     return torch.copysign(ldexp(k, q_exp), x)
+
+
+def round_scaled(
+    x: torch.Tensor, quantum_exp: int, rounding: Rounding, noise: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`round_to_quantum` for a constant quantum, by multiplying with constants.
+
+    Gives the same results as ``round_to_quantum(x, quantum_exp, ...)`` wherever the scaled
+    value x * 2**-quantum_exp is finite (elsewhere ±Inf). Scaling down (quantum_exp > 0) may
+    underflow; a scaled magnitude below 2**-(mantissa_bits + 8) rounds like that value in
+    every mode (the noise is coarser), so that value stands in for it.
+
+    >>> round_scaled(torch.tensor([0.3, -0.7, 2.5]), -2, Rounding.NEAREST)
+    tensor([ 0.2500, -0.7500,  2.5000])
+    """
+    k = mul_pow2(x, -quantum_exp)
+    if quantum_exp > 0 and rounding in (Rounding.STOCHASTIC, Rounding.DOWN, Rounding.UP):
+        tiny = 2.0 ** -(layout(x.dtype).mantissa_bits + 8)
+        k = torch.where((k.abs() < tiny) & (x != 0), torch.sign(x) * tiny, k)
+    return mul_pow2(round_signed_(k, rounding, noise), quantum_exp)
+
+
+def round_fraction_bits(
+    x: torch.Tensor, man: int, rounding: Rounding, noise: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Round x to ``man`` fraction bits with an unbounded exponent range, on its bit pattern.
+
+    For a normal x this is ``round_to_quantum(x, exponent(x) - man, ...)``: the low
+    ``mantissa_bits - man`` bits of the pattern are dropped (which truncates the magnitude),
+    and rounding up adds one step to what is kept, a carry moving into the next binade (and
+    past the dtype's largest finite value to ±Inf). A subnormal x (fixed exponent field) is
+    rounded to a multiple of 2**(min_normal_exp - man) instead. ±Inf and zeros are kept;
+    for NaN the result is unspecified (a payload can carry into the sign bit): callers route
+    NaN elsewhere. ``man`` is at most the dtype's fraction bits.
+
+    Nearest ties go to the even kept pattern (with ``man = 0``: the even exponent field of
+    the working dtype). Stochastic rounds up when ``noise * 2**dropped_bits`` is below the
+    dropped bits as an integer: the same decision as :func:`round_integer` on the scaled
+    magnitude.
+
+    >>> round_fraction_bits(torch.tensor([1.3, -2.75, 1e6]), 2, Rounding.NEAREST)
+    tensor([ 1.2500e+00, -3.0000e+00,  1.0486e+06])
+    """
+    lay = layout(x.dtype)
+    drop = lay.mantissa_bits - man  # fraction bits dropped
+    if drop == 0:
+        return x.clone()
+    bits = x.view(lay.int_dtype)  # sign and magnitude: the int ops below act on the magnitude
+    low_mask = (1 << drop) - 1
+    if rounding is Rounding.NEAREST:
+        # add just under half a step, plus one for an odd kept pattern; then truncate
+        lowest_kept = (bits >> drop) & 1
+        return ((bits + (low_mask >> 1) + lowest_kept) & ~low_mask).view(x.dtype)
+    dropped = bits & low_mask
+    kept = bits & ~low_mask
+    if rounding is Rounding.TOWARD_ZERO:
+        return kept.view(x.dtype)
+    if rounding is Rounding.STOCHASTIC:
+        if noise is None:
+            raise ValueError("stochastic rounding needs noise")
+        up = noise * 2.0**drop < dropped.to(x.dtype)  # exact on both sides
+    elif rounding is Rounding.DOWN:
+        up = (dropped != 0) & (bits < 0)
+    elif rounding is Rounding.UP:
+        up = (dropped != 0) & (bits >= 0)
+    else:
+        raise ValueError(f"unknown rounding {rounding!r}")
+    return (kept + (up.to(lay.int_dtype) << drop)).view(x.dtype)

@@ -1,0 +1,189 @@
+"""The fast rounding formulations against the general reference, bitwise.
+
+``round_fraction_bits`` (rounding on the bit pattern) and ``round_scaled`` (multiplying by
+constants) are what the float, fixed and block kernels run, because Inductor vectorizes
+them. Each must give exactly what ``round_to_quantum`` gives (itself checked against
+``fractions`` in tests/test_rounding.py); nearest is also checked against ``fractions``
+here. Inputs: random bit patterns, every special value, and ties with their neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from fractions import Fraction
+
+import pytest
+import torch
+from edge_cases import SPECIALS_F32, bits_equal
+
+from qtorch.formats.base import Format
+from qtorch.formats.block import BlockFloatingPoint
+from qtorch.formats.fixed import FixedPoint
+from qtorch.formats.floating import FloatingPoint
+from qtorch.kernels.bits import exponent, isnan, layout, mul_pow2, signbit
+from qtorch.kernels.round import round_fraction_bits, round_scaled, round_to_quantum
+from qtorch.rounding import Rounding
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def _random_bits(n: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """n values of ``dtype`` from uniformly random bit patterns (any class of value)."""
+    g = torch.Generator().manual_seed(seed)
+    lay = layout(dtype)
+    if dtype == torch.float32:
+        bits = torch.randint(-(2**31), 2**31, (n,), generator=g, dtype=torch.int64)
+        return bits.to(torch.int32).view(dtype)
+    bits = torch.randint(-(2**63), 2**63 - 1, (n,), generator=g, dtype=torch.int64)
+    return bits.to(lay.int_dtype).view(dtype)
+
+
+def _with_ties(x: torch.Tensor, drop: int) -> torch.Tensor:
+    """x plus patterns whose ``drop`` low bits are exactly half a step, and their neighbours."""
+    lay = layout(x.dtype)
+    bits = x.view(lay.int_dtype)
+    half = (bits & ~((1 << drop) - 1)) | (1 << (drop - 1))
+    ties = torch.cat([half - 1, half, half + 1]).view(x.dtype)
+    return torch.cat([x, ties, SPECIALS_F32.to(x.dtype)])
+
+
+def _noise(x: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    """Uniform noise like qtorch.quantize draws, with the extreme values 0 and 1 - ulp."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.rand(x.shape, generator=g, dtype=x.dtype)
+    noise[::7] = 0.0
+    noise[1::7] = 1.0 - 2.0 ** -(layout(x.dtype).mantissa_bits + 1)
+    return noise
+
+
+def _pow2(e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """2.0**e elementwise, exactly (e within the normal range), via float64 ldexp."""
+    return torch.ldexp(torch.ones(e.shape, dtype=torch.float64), e.to(torch.int64)).to(dtype)
+
+
+def _normal_or_special(x: torch.Tensor) -> torch.Tensor:
+    """The elements of x that round_fraction_bits is specified for (not NaN)."""
+    return x[~torch.isnan(x)]
+
+
+@pytest.mark.parametrize("rounding", list(Rounding), ids=lambda r: r.value)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_round_fraction_bits_matches_reference(dtype: torch.dtype, rounding: Rounding) -> None:
+    lay = layout(dtype)
+    for man in sorted({0, 1, 2, 3, 7, 10, 22, lay.mantissa_bits - 1}):
+        drop = lay.mantissa_bits - man
+        x = _normal_or_special(_with_ties(_random_bits(4000, dtype, seed=man), drop))
+        noise = _noise(x) if rounding is Rounding.STOCHASTIC else None
+        normal = x.abs() >= 2.0**lay.min_normal_exp
+        # the reference quantum: x's binade for normal x, the lowest binade for the others
+        quantum_exp = torch.where(normal, exponent(x) - man, lay.min_normal_exp - man)
+        expected = round_to_quantum(x, quantum_exp, rounding, noise)
+        if man == 0 and rounding is Rounding.NEAREST:
+            # no fraction bit: a tie between 2**e and 2**(e+1) goes to the even exponent
+            # field (the integer reference always picks the even integer 2)
+            e = exponent(x)
+            tie = normal & (x.abs() == 1.5 * _pow2(e, dtype))
+            even_field = (e + lay.bias) % 2 == 0
+            expected = torch.where(tie & even_field, torch.copysign(_pow2(e, dtype), x), expected)
+        got = round_fraction_bits(x, man, rounding, noise)
+        assert bits_equal(got, expected), f"man={man}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_round_fraction_bits_nearest_matches_fractions(dtype: torch.dtype) -> None:
+    man = 4
+    x = _random_bits(3000, dtype, seed=5)
+    drop = layout(dtype).mantissa_bits - man
+    x = _with_ties(x[torch.isfinite(x) & (x.abs() >= 2.0 ** layout(dtype).min_normal_exp)], drop)
+    x = x[torch.isfinite(x)]
+    x = x[(x != 0) & (x.abs() >= 2.0 ** layout(dtype).min_normal_exp)]
+    expected = []
+    for v in x.tolist():
+        step = Fraction(2) ** (math.frexp(v)[1] - 1 - man)
+        exact = round(Fraction(v) / step) * step  # Python rounds Fractions half to even
+        expected.append(math.copysign(float(exact), v) if exact < 2**1024 else math.inf)
+    want = torch.tensor(expected, dtype=torch.float64).to(dtype)  # past the range: ±Inf
+    assert bits_equal(round_fraction_bits(x, man, Rounding.NEAREST), want)
+
+
+@pytest.mark.parametrize("rounding", list(Rounding), ids=lambda r: r.value)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_round_scaled_matches_reference(dtype: torch.dtype, rounding: Rounding) -> None:
+    quanta = [-149, -133, -126, -24, -2, 0, 1, 3, 40]
+    if dtype == torch.float64:
+        quanta += [-1074, -1000, -60, 100]
+    for q in quanta:
+        x = torch.cat([_random_bits(4000, dtype, seed=q + 2000), SPECIALS_F32.to(dtype)])
+        x = torch.cat(
+            [x, (x * 2.0**q)[: x.numel() // 4], torch.tensor([2.0**q * 2.5], dtype=dtype)]
+        )
+        x = x[torch.isfinite(mul_pow2(x.abs(), -q)) | torch.isnan(x)]  # where it is specified
+        noise = _noise(x) if rounding is Rounding.STOCHASTIC else None
+        expected = round_to_quantum(x, q, rounding, noise)
+        got = round_scaled(x, q, rounding, noise)
+        assert bits_equal(got, expected), f"q={q}"
+        assert torch.equal(torch.isnan(got), torch.isnan(x))
+
+
+def test_round_scaled_keeps_tiny_values_rounding_away() -> None:
+    # 2**-149 scaled by 2**-3 underflows to zero; it must still round up to one quantum
+    x = torch.tensor([2.0**-149, -(2.0**-149), 0.0, -0.0])
+    assert round_scaled(x, 3, Rounding.UP).tolist() == [8.0, -0.0, 0.0, -0.0]
+    assert round_scaled(x, 3, Rounding.DOWN).tolist() == [0.0, -8.0, 0.0, -0.0]
+    assert torch.equal(signbit(round_scaled(x, 3, Rounding.UP)), torch.tensor([0, 1, 0, 1]).bool())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mul_pow2_is_exact(dtype: torch.dtype) -> None:
+    bias = layout(dtype).bias
+    for n in (-2 * bias + 40, -bias - 20, -bias + 1, -5, 0, 7, bias - 2, bias + 20, 2 * bias):
+        x = torch.tensor([1.0, -3.0, 0.75, 0.0, -0.0], dtype=dtype) * 2.0 ** -max(n - bias + 2, 0)
+        got = mul_pow2(x, n)
+        expected = torch.tensor([math.ldexp(v, n) for v in x.tolist()], dtype=torch.float64)
+        assert bits_equal(got, expected.to(dtype)), n
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_bit_tests_match_torch(dtype: torch.dtype) -> None:
+    x = torch.cat([_random_bits(2000, dtype), SPECIALS_F32.to(dtype), -SPECIALS_F32.to(dtype)])
+    assert torch.equal(signbit(x), torch.signbit(x))
+    assert torch.equal(isnan(x), torch.isnan(x))
+
+
+#: Float layouts whose kernels take different branches (subnormal flush, man=0 ties, fn
+#: layouts, 8 exponent bits, IEEE overflow) plus fixed and block formats.
+COMPILED_FORMATS = [
+    FloatingPoint(5, 10),
+    FloatingPoint(8, 7),
+    FloatingPoint(8, 23, subnormals=False),
+    FloatingPoint(4, 3, has_inf=False),
+    FloatingPoint(4, 3, has_inf=False, saturate=False),
+    FloatingPoint(5, 2, saturate=False),
+    FloatingPoint(2, 1, has_inf=False, has_nan=False),
+    FloatingPoint(3, 0, subnormals=False),
+    FloatingPoint(1, 0, has_inf=False, has_nan=False),
+    FixedPoint(8, 4),
+    FixedPoint(12, -3, symmetric=True),
+    BlockFloatingPoint(8),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rounding", list(Rounding), ids=lambda r: r.value)
+@pytest.mark.parametrize("fmt", COMPILED_FORMATS, ids=repr)
+def test_compiled_kernel_is_bitwise_eager(fmt: Format, rounding: Rounding) -> None:
+    x = torch.cat([_random_bits(20011, torch.float32, seed=3), SPECIALS_F32, -SPECIALS_F32])
+    x = torch.cat([x, torch.randn(4099) * 3, torch.randn(4099) * 2.0**-130])
+    noise = _noise(x) if rounding is Rounding.STOCHASTIC else None
+
+    def kernel(x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        return fmt.quantize_kernel(x, rounding, noise)
+
+    # a code object of its own: Dynamo caches at most 8 graphs per code object
+    kernel.__code__ = kernel.__code__.replace(co_name=f"kernel_{abs(hash((fmt, rounding)))}")
+    compiled = torch.compile(kernel, fullgraph=True, dynamic=False)
+    with warnings.catch_warnings():  # Inductor's own deprecation notices, under -W error
+        warnings.simplefilter("ignore")
+        fused = compiled(x, noise)
+    assert bits_equal(fused, fmt.quantize_kernel(x, rounding, noise))
