@@ -6,6 +6,7 @@ import torch
 
 from qtorch.formats.base import Format
 from qtorch.kernels import fused
+from qtorch.kernels.noise import draw_seed, uniform_from_counter
 from qtorch.rounding import Rounding
 
 _ACCEPTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -36,10 +37,14 @@ def uniform_noise(
 ) -> torch.Tensor:
     """Uniform [0, 1) noise shaped like ``x`` from ``generator`` or the device's torch RNG.
 
-    The noise has ``dtype`` (default: x's dtype) and is contiguous.
+    The one way qtorch draws stochastic-rounding noise: one seed from the generator
+    (:func:`qtorch.kernels.noise.draw_seed`), then the counter-based noise of x's logical
+    row-major element indices (:func:`qtorch.kernels.noise.uniform_from_counter`), exactly
+    what the compiled kernels compute inside. The noise has ``dtype`` (default: x's dtype,
+    float32 or float64) and is contiguous.
     """
     dtype = x.dtype if dtype is None else dtype
-    return torch.rand(x.shape, dtype=dtype, device=x.device, generator=generator)
+    return uniform_from_counter(draw_seed(generator, x.device), x.shape, dtype)
 
 
 def quantize(
@@ -90,17 +95,22 @@ def _dispatch(
     inplace: bool,
     caller: str,
 ) -> torch.Tensor:
-    """Validate, draw the noise, then run the compiled kernel or the eager reference."""
+    """Validate, draw the seed, then run the compiled kernel or the eager reference.
+
+    Stochastic rounding draws one seed here; both paths make the same noise from it
+    (:func:`qtorch.kernels.noise.uniform_from_counter`), the compiled one inside its kernel.
+    """
     if not isinstance(fmt, Format):
         raise TypeError(f"{caller}: fmt must be a qtorch format, got {type(fmt).__name__}")
     mode = fmt.check_rounding(rounding)
     dtype = working_dtype(x, caller)
-    noise = uniform_noise(x, generator, dtype) if mode is Rounding.STOCHASTIC else None
+    seed = draw_seed(generator, x.device) if mode is Rounding.STOCHASTIC else None
 
     def eager() -> torch.Tensor:
+        noise = None if seed is None else uniform_from_counter(seed, x.shape, dtype)
         q = fmt.quantize_kernel(x.to(dtype), mode, noise)
         if inplace:
             return x.copy_(q)
         return q.clone() if q is x else q.to(x.dtype)
 
-    return fused.quantize(x, fmt, mode, noise, inplace, eager)
+    return fused.quantize(x, fmt, mode, seed, inplace, eager)

@@ -24,8 +24,14 @@ avoids the known traps:
 * **Failures.** If compiling fails (no C++ compiler, no Triton, an unsupported op), the
   eager reference runs instead; the first failure in the process warns once
   (:class:`CompileFallbackWarning`) and the failing key is never tried again.
-* **Randomness.** Stochastic noise is drawn by :func:`qtorch.quantize` with ``torch.rand``
-  before dispatch and passed in, so both paths see the same numbers for the same seed.
+* **Randomness.** Stochastic noise is made inside the kernel: :func:`qtorch.quantize` draws
+  one int64 seed per call from the torch generator (a 0-d tensor on x's device, no host
+  sync) and passes it as a kernel input, so a new seed never recompiles; the kernel computes
+  the counter-based noise of each element's logical row-major index
+  (:func:`qtorch.kernels.noise.uniform_from_counter`, SplitMix64) fused with the format's
+  rounding, and the eager path calls the same function, so both give the same bits for the
+  same seed and ``torch.manual_seed`` reproduces them. No full-size noise tensor is drawn
+  serially, written or read.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import torch
 
 from qtorch.formats.base import Format
 from qtorch.kernel_mode import get_kernel_mode
+from qtorch.kernels.noise import uniform_from_counter
 from qtorch.rounding import Rounding
 
 #: In ``"auto"`` mode, tensors with fewer elements than this run eagerly (per device type).
@@ -125,11 +132,14 @@ def _make_kernel(
 ) -> KernelFn:
     """A compiled kernel computing ``fmt.quantize_kernel`` on x, with the dtype casts fused.
 
-    In place it writes the result into x and returns None; otherwise it returns a new tensor.
+    ``seed`` (stochastic rounding; None otherwise) is a 0-d int64 tensor; the noise is made
+    from it inside the kernel. In place the kernel writes the result into x and returns
+    None; otherwise it returns a new tensor.
     """
 
-    def kernel(x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor | None:
+    def kernel(x: torch.Tensor, seed: torch.Tensor | None) -> torch.Tensor | None:
         work = x if x.dtype in _WORKING else x.float()
+        noise = None if seed is None else uniform_from_counter(seed, work.shape, work.dtype)
         q = fmt.quantize_kernel(work, rounding, noise).to(out_dtype)
         if inplace:
             x.copy_(q)
@@ -165,15 +175,15 @@ def quantize(
     x: torch.Tensor,
     fmt: Format,
     rounding: Rounding,
-    noise: torch.Tensor | None,
+    seed: torch.Tensor | None,
     inplace: bool,
     eager: Callable[[], torch.Tensor],
 ) -> torch.Tensor:
     """Quantize x on the path the kernel mode picks: the compiled kernel or ``eager()``.
 
-    ``eager()`` runs the reference on the same x and noise and returns its result (written
-    into x when ``inplace``). ``noise`` (stochastic rounding) has x's shape, is contiguous and
-    has the working dtype.
+    ``eager()`` runs the reference on the same x and seed and returns its result (written
+    into x when ``inplace``). ``seed`` (stochastic rounding; None otherwise) is the 0-d int64
+    tensor from which both paths make the noise of x's logical row-major element indices.
     """
     if not wants_compiled(x):
         return eager()
@@ -186,7 +196,7 @@ def quantize(
                 result = eager()
                 _eager_seconds[key] = spent + time.perf_counter() - start
                 return result
-    return quantize_compiled(x, fmt, rounding, noise, inplace, eager)
+    return quantize_compiled(x, fmt, rounding, seed, inplace, eager)
 
 
 def _key(x: torch.Tensor, fmt: Format, rounding: Rounding, inplace: bool) -> tuple[Hashable, ...]:
@@ -204,30 +214,28 @@ def quantize_compiled(
     x: torch.Tensor,
     fmt: Format,
     rounding: Rounding,
-    noise: torch.Tensor | None,
+    seed: torch.Tensor | None,
     inplace: bool,
     eager: Callable[[], torch.Tensor],
 ) -> torch.Tensor:
     """Quantize x with the compiled kernel, or with ``eager()`` if compiling fails.
 
     With ``inplace`` the result is written into x, which is returned. When the compiled
-    kernel fails, ``eager()`` (the reference on the same noise) decides: if it fails too,
+    kernel fails, ``eager()`` (the reference on the same seed) decides: if it fails too,
     its error is the user's error and propagates; otherwise the failure is remembered and
     warned about once.
     """
     key = _key(x, fmt, rounding, inplace)
     write_into_arg = bool(key[-1])
     src = x if x.is_contiguous() else x.contiguous()
-    if fmt.elementwise:
-        arg = src.view(-1)
-        arg_noise = None if noise is None else noise.view(-1)
-    else:
-        arg, arg_noise = src.view(src.shape), noise  # a new alias: x itself is not marked
+    # The flat view of a row-major tensor keeps each element's row-major index, so the
+    # noise made from the seed inside the kernel is the eager path's.
+    arg = src.view(-1) if fmt.elementwise else src.view(src.shape)  # x itself is not marked
     if key in _broken:
         return eager()
     kern = _cache.get(key)
     try:
-        _mark_dynamic(arg, arg_noise)
+        _mark_dynamic(arg)
         if kern is None:
             # The first call compiles. Inductor's own deprecation notices are not the user's
             # business (and under ``-W error`` they would make every compile fail).
@@ -235,12 +243,12 @@ def quantize_compiled(
                 warnings.simplefilter("ignore")
                 kern = _make_kernel(fmt, rounding, x.dtype, write_into_arg)
                 with torch.no_grad():
-                    out = kern(arg, arg_noise)
+                    out = kern(arg, seed)
             with _lock:
                 _cache[key] = kern
         else:
             with torch.no_grad():
-                out = kern(arg, arg_noise)
+                out = kern(arg, seed)
     except Exception as err:
         result = eager()  # raises the real error if the input, not the compiler, is at fault
         _fail(key, fmt, err)
@@ -255,18 +263,16 @@ def quantize_compiled(
     return out
 
 
-def _mark_dynamic(arg: torch.Tensor, noise: torch.Tensor | None) -> None:
+def _mark_dynamic(arg: torch.Tensor) -> None:
     """Compile for symbolic sizes (the format's own parameters stay constants).
 
     ``dynamic=True`` would also turn the format's integer parameters into symbols, which
     breaks kernels that do Python arithmetic on them; marking the sizes keeps them apart.
     Dimensions of size 1 stay static (Dynamo specializes them; they are in the cache key).
     """
-    for t in (arg, noise):
-        if t is not None:
-            for dim, size in enumerate(t.shape):
-                if size > 1:
-                    torch._dynamo.mark_dynamic(t, dim)
+    for dim, size in enumerate(arg.shape):
+        if size > 1:
+            torch._dynamo.mark_dynamic(arg, dim)
 
 
 def clear_cache() -> None:

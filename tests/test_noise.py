@@ -1,0 +1,298 @@
+"""Counter-based stochastic-rounding noise (qtorch.kernels.noise).
+
+Oracles: the published SplitMix64 outputs (Rosetta Code, "Pseudo-random numbers/Splitmix64",
+seed 1234567) and a pure-Python reference with explicit ``% 2**64`` arithmetic, compared
+bitwise on the eager and the compiled path; statistical checks with bounds of about six
+standard deviations (the seeds are fixed, so every run draws the same numbers).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from edge_cases import bits_equal
+
+import qtorch
+from qtorch.kernels import noise
+from qtorch.quantize import uniform_noise
+from qtorch.rounding import Rounding
+
+M64 = 2**64
+
+#: Seeds as 64-bit patterns (int64 values), including both extremes and zero.
+SEEDS = [0, 1, 1234567, -1, 2**63 - 1, -(2**63), 0x0123456789ABCDEF, -0x5DEECE66D1234567]
+
+
+GAMMA = 0x9E3779B97F4A7C15
+
+
+def reference_splitmix64(seed: int, index: int) -> int:
+    """SplitMix64 (Vigna's splitmix64.c) from state seed * GAMMA: output ``index``, unsigned."""
+    z = (seed + index + 1) * GAMMA % M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % M64
+    return z ^ (z >> 31)
+
+
+def reference_uniform(seed: int, index: int, bits: int) -> float:
+    return (reference_splitmix64(seed, index) >> (64 - bits)) / 2**bits
+
+
+def _unsigned(t: torch.Tensor) -> list[int]:
+    return [v % M64 for v in t.tolist()]
+
+
+def _signed(v: int) -> int:
+    return v - M64 if v >= 2**63 else v
+
+
+def test_published_splitmix64_outputs() -> None:
+    # Rosetta Code: the generator started in state 1234567 outputs these five numbers.
+    expected = [0x599ED017FB08FC85, 0x2C73F08458540FA5, 0x883EBCE5A3F27C77, 0x3FBEF740E9177B3F]
+    expected.append(0xE3B8346708CB5ECD)
+    seed = 1234567 * pow(GAMMA, -1, M64) % M64  # the seed whose state is 1234567
+    got = noise.splitmix64(torch.tensor(_signed(seed)), torch.arange(5))
+    assert _unsigned(got) == expected
+    assert [reference_splitmix64(seed, i) for i in range(5)] == expected
+
+
+def test_seeds_are_offsets_into_one_stream() -> None:
+    # documented: seed s + 1 is seed s shifted by one element
+    a = noise.uniform_from_counter(torch.tensor(41), (100,))
+    b = noise.uniform_from_counter(torch.tensor(42), (100,))
+    assert bits_equal(a[1:], b[:-1])
+
+
+def _indices() -> torch.Tensor:
+    """Small counters, counters near 2**31, 2**32 and 2**62, and random 62-bit counters."""
+    g = torch.Generator().manual_seed(5)
+    parts = [torch.arange(1500)]
+    parts += [torch.arange(-20, 20) + base for base in (2**31, 2**32, 2**62 - 20)]
+    parts.append(torch.randint(0, 2**62, (500,), generator=g))
+    return torch.cat(parts)
+
+
+#: Inductor's own deprecation notices while compiling (not ours; -W error would fail them).
+INDUCTOR_NOTICES = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+_compiled_hash = torch.compile(noise.splitmix64, fullgraph=True, dynamic=True)
+
+
+@INDUCTOR_NOTICES
+@pytest.mark.parametrize("path", ["eager", "compiled"])
+def test_hash_wraps_like_python_integers(path: str) -> None:
+    index = _indices()
+    for seed in SEEDS:
+        s = torch.tensor(seed, dtype=torch.int64)
+        got = noise.splitmix64(s, index) if path == "eager" else _compiled_hash(s, index)
+        expected = [reference_splitmix64(seed, i) for i in index.tolist()]
+        assert _unsigned(got) == expected, seed
+
+
+def _uniform(seed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return noise.uniform_from_counter(seed, x.shape, x.dtype)
+
+
+_compiled_uniform = torch.compile(_uniform, fullgraph=True)
+
+
+@INDUCTOR_NOTICES
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_uniform_matches_reference_eager_and_compiled(dtype: torch.dtype) -> None:
+    bits = 24 if dtype == torch.float32 else 53
+    for n in (4099, 1, 37, 10007):  # odd sizes: the vector loop and its scalar tail
+        x = torch.empty(n, dtype=dtype)
+        if n > 1:
+            torch._dynamo.mark_dynamic(x, 0)
+        for seed in SEEDS[::3] if n > 1 else SEEDS:
+            s = torch.tensor(seed, dtype=torch.int64)
+            eager, compiled = _uniform(s, x), _compiled_uniform(s, x)
+            assert eager.dtype == dtype and eager.shape == (n,)
+            assert bits_equal(eager, compiled), (n, seed)
+            expected = torch.tensor(
+                [reference_uniform(seed, i, bits) for i in range(n)], dtype=dtype
+            )
+            assert bits_equal(eager, expected), (n, seed)
+
+
+def test_eager_chunks_match_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(noise, "EAGER_CHUNK", 1000)
+    for seed in SEEDS[:3]:
+        u = noise.uniform_from_counter(torch.tensor(seed), (41, 100), torch.float32)
+        expected = torch.tensor([reference_uniform(seed, i, 24) for i in range(4100)])
+        assert bits_equal(u.view(-1), expected), seed
+
+
+@INDUCTOR_NOTICES
+def test_eager_chunks_match_compiled() -> None:
+    x = torch.empty(2 * noise.EAGER_CHUNK + 3)
+    s = torch.tensor(-77)
+    assert bits_equal(_uniform(s, x), _compiled_uniform(s, x))
+
+
+def test_uniform_shape_is_row_major() -> None:
+    s = torch.tensor(99)
+    u = noise.uniform_from_counter(s, (3, 4, 5))
+    assert u.shape == (3, 4, 5) and u.is_contiguous()
+    assert bits_equal(u.view(-1), noise.uniform_from_counter(s, (60,)))
+    assert noise.uniform_from_counter(s, (0, 3)).shape == (0, 3)
+    assert noise.uniform_from_counter(s, ()).shape == ()
+
+
+def test_uniform_rejects_other_dtypes() -> None:
+    with pytest.raises(ValueError, match="float32 or float64"):
+        noise.uniform_from_counter(torch.tensor(1), (4,), torch.float16)
+
+
+# --- statistics -------------------------------------------------------------------------
+
+N = 2**20
+
+
+def _sample(seed: int, n: int = N, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return noise.uniform_from_counter(torch.tensor(seed), (n,), dtype).double()
+
+
+def _chi_square(counts: torch.Tensor) -> float:
+    expected = counts.sum().item() / len(counts)
+    return float(((counts.double() - expected) ** 2 / expected).sum())
+
+
+def _chi_square_bound(bins: int) -> float:
+    df = bins - 1
+    return df + 6 * math.sqrt(2 * df)  # chi-square(df) is about normal(df, 2 df)
+
+
+@pytest.mark.parametrize("seed", [0, 7, -(2**63)])
+def test_uniform_moments_and_bins(seed: int) -> None:
+    u = _sample(seed)
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    assert abs(float(u.mean()) - 0.5) < 6 * math.sqrt(1 / 12 / N)
+    assert abs(float(u.var()) - 1 / 12) < 6 * math.sqrt(1 / 180 / N)
+    counts = torch.bincount((u * 1024).long(), minlength=1024)
+    assert _chi_square(counts) < _chi_square_bound(1024)
+
+
+def test_low_bits_are_uniform() -> None:
+    k = (_sample(3) * 2**24).long()
+    assert bits_equal(k.double() / 2**24, _sample(3))  # multiples of 2**-24 exactly
+    for bit in range(24):
+        ones = int(((k >> bit) & 1).sum())
+        assert abs(ones - N / 2) < 6 * math.sqrt(N / 4), bit
+    low_byte = torch.bincount(k & 255, minlength=256)
+    assert _chi_square(low_byte) < _chi_square_bound(256)
+
+
+def test_float64_uses_53_bits() -> None:
+    u = _sample(11, n=2**16, dtype=torch.float64)
+    k = u * 2**53
+    assert bits_equal(k, torch.floor(k))
+    assert int((k.long() & 1).sum()) not in (0, 2**16)  # the lowest bit is used
+    assert abs(float(u.mean()) - 0.5) < 6 * math.sqrt(1 / 12 / 2**16)
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+@pytest.mark.parametrize("lag", [1, 2, 8, 16, 1024])
+def test_neighbouring_indices_are_uncorrelated(lag: int) -> None:
+    u = _sample(5)
+    assert abs(_correlation(u[:-lag], u[lag:])) < 6 / math.sqrt(N)
+    # and pairs are jointly uniform: 16 x 16 grid of (u[i], u[i + lag])
+    cells = (u[:-lag] * 16).long() * 16 + (u[lag:] * 16).long()
+    assert _chi_square(torch.bincount(cells, minlength=256)) < _chi_square_bound(256)
+
+
+@pytest.mark.parametrize(("a", "b"), [(0, N), (7, -7), (2**40, -(2**62)), (1, 2**63 - 1)])
+def test_different_seeds_are_uncorrelated(a: int, b: int) -> None:
+    u, v = _sample(a), _sample(b)
+    assert abs(_correlation(u, v)) < 6 / math.sqrt(N)
+    assert float((u == v).double().mean()) < 1e-3  # equal 24-bit values: chance 2**-24 each
+
+
+# --- the seed and the quantizers --------------------------------------------------------
+
+
+def test_draw_seed_follows_the_generator() -> None:
+    def seed(g: torch.Generator) -> torch.Tensor:
+        return noise.draw_seed(g, torch.device("cpu"))
+
+    a, b = seed(torch.Generator().manual_seed(3)), seed(torch.Generator().manual_seed(3))
+    c = seed(torch.Generator().manual_seed(4))
+    assert a.shape == () and a.dtype == torch.int64
+    assert a.item() == b.item() != c.item()
+    torch.manual_seed(8)
+    d = noise.draw_seed(None, torch.device("cpu"))
+    torch.manual_seed(8)
+    assert noise.draw_seed(None, torch.device("cpu")).item() == d.item()
+    g = torch.Generator().manual_seed(3)
+    draws = {seed(g).item() for _ in range(64)}
+    assert len(draws) == 64  # a fresh seed per call
+
+
+def test_quantize_uses_the_one_helper() -> None:
+    fmt = qtorch.FixedPoint(8, 4)
+    x = torch.randn(3000) * 4
+    for mode in ("eager", "compiled"):
+        with qtorch.kernel_mode(mode):
+            q = qtorch.quantize(x, fmt, "stochastic", generator=torch.Generator().manual_seed(2))
+        u = uniform_noise(x, torch.Generator().manual_seed(2))
+        assert bits_equal(q, fmt.quantize_kernel(x, Rounding.STOCHASTIC, u)), mode
+
+
+def test_manual_seed_reproduces_table_functions() -> None:
+    x = torch.randn(5000)
+    results = []
+    for s in (4, 4, 5):
+        torch.manual_seed(s)
+        results.append(qtorch.quant.act_format_quantize(x, rounding="stochastic"))
+    assert bits_equal(results[0], results[1]) and not bits_equal(results[0], results[2])
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+@pytest.mark.parametrize(
+    "fmt", [qtorch.FixedPoint(8, 4), qtorch.BlockFloatingPoint(8, 0)], ids=repr
+)
+def test_noise_does_not_depend_on_strides(mode: str, fmt: qtorch.Format) -> None:
+    x = (torch.randn(97, 65) * 4).t()  # non-contiguous
+    with qtorch.kernel_mode(mode):
+        a = qtorch.quantize(x, fmt, "stochastic", generator=torch.Generator().manual_seed(6))
+        b = qtorch.quantize(
+            x.contiguous(), fmt, "stochastic", generator=torch.Generator().manual_seed(6)
+        )
+    assert bits_equal(a, b)
+    if fmt.elementwise:  # the flat view gets the same noise as the shaped tensor
+        with qtorch.kernel_mode(mode):
+            c = qtorch.quantize(
+                x.reshape(-1), fmt, "stochastic", generator=torch.Generator().manual_seed(6)
+            )
+        assert bits_equal(a.reshape(-1), c)
+
+
+def test_new_seeds_do_not_recompile() -> None:
+    from torch._dynamo.utils import counters
+
+    fmt = qtorch.FixedPoint(8, 4)
+    x = torch.randn(5000) * 4
+    with qtorch.kernel_mode("compiled"):
+        qtorch.quantize(x, fmt, "stochastic")
+        graphs = counters["stats"]["unique_graphs"]
+        outs = [qtorch.quantize(x, fmt, "stochastic") for _ in range(3)]
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert not bits_equal(outs[0], outs[1])
+
+
+@INDUCTOR_NOTICES
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_noise_equals_cpu_noise() -> None:
+    for seed in SEEDS:
+        s = torch.tensor(seed)
+        for dtype in (torch.float32, torch.float64):
+            cpu = noise.uniform_from_counter(s, (10007,), dtype)
+            gpu = noise.uniform_from_counter(s.cuda(), (10007,), dtype)
+            assert bits_equal(cpu, gpu.cpu()), (seed, dtype)
+            x = torch.empty(10007, dtype=dtype, device="cuda")
+            assert bits_equal(cpu, _compiled_uniform(s.cuda(), x).cpu()), (seed, dtype)
