@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -347,10 +348,17 @@ def test_dtypes_shapes_and_input_untouched() -> None:
 
 @pytest.mark.slow  # compiling takes 15-80 s on 2 cores
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
-def test_compiled_matches_eager(rounding: str) -> None:
+@pytest.mark.parametrize(
+    "fmt, shape, dtype",
+    [
+        (MX(float8_e4m3fn, block_size=32, dim=0), (40, 130), torch.float32),  # short block
+        (mxint8, (40, 128), torch.float32),  # the common case: dim=-1, whole blocks
+        (mxfp4_e2m1, (3, 40, 64), torch.float64),
+    ],
+)
+def test_compiled_matches_eager(rounding: str, fmt: MX, shape, dtype) -> None:
     """The fused torch.compile path keeps the blocks (MX is not elementwise) bit for bit."""
-    x = random_blocks(40, 130, seed=12)  # 5200 elements: above the eager threshold
-    fmt = MX(float8_e4m3fn, block_size=32, dim=0)
+    x = random_blocks(shape[-2], shape[-1], seed=12).expand(shape).contiguous().to(dtype)
     with qtorch.kernel_mode("eager"):
         want = qtorch.quantize(x, fmt, rounding, generator=torch.Generator().manual_seed(5))
     with warnings.catch_warnings():
@@ -371,3 +379,56 @@ def test_float64_beyond_the_e8m0_range_matches_gfloat(name: str) -> None:
     x = torch.cat([mag * 1e300, mag * 1e-300, mag * 2.0**140, mag * 2.0**-135])
     check_against_gfloat(fmt, fi, x)
     assert fmt.encode(x)[1].flatten().tolist()[:8] == [254] * 4 + [0] * 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rule", ["floor", "ceil"])
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp4_e2m1", "mxint8"])
+def test_scale_codes_match_the_exact_rule_at_binade_edges(name: str, rule: str, dtype) -> None:
+    """Scale codes (one element per block) against the rule evaluated on exact rationals,
+    for powers of two, multiples of the element max and their neighbours over the dtype's
+    whole range, subnormals included (the ceil rule has a window just below 2**-126)."""
+    element = PRESETS[name][0].element
+    fmt = MX(element, block_size=1, scale_rule=rule)
+    lay = torch.finfo(dtype)
+    lo = -149 if dtype == torch.float32 else -1074
+    hi = 127 if dtype == torch.float32 else 1023
+    pows = torch.tensor([2.0**k for k in range(lo, hi + 1)], dtype=torch.float64).to(dtype)
+    anchors = torch.cat([pows, (pows * float(element.max)).clamp(max=lay.max), torch.zeros(1)])
+    anchors = anchors.to(dtype)
+    x = torch.cat(
+        [
+            anchors,
+            torch.nextafter(anchors, torch.full_like(anchors, lay.max)),
+            torch.nextafter(anchors, torch.zeros_like(anchors)),
+        ]
+    ).unsqueeze(1)
+    emax_elem = math.frexp(float(element.max))[1] - 1
+    elem_max = Fraction(float(element.max))
+
+    def exact_code(a: float) -> int:
+        if a == 0:
+            return 0
+        e = math.frexp(a)[1] - 1 - emax_elem
+        if rule == "ceil" and Fraction(a) > elem_max * Fraction(2) ** e:
+            e += 1
+        return min(max(e, -127), 127) + 127
+
+    want = [exact_code(a) for a in x.flatten().tolist()]
+    assert fmt.encode(x)[1].flatten().tolist() == want
+
+
+def test_zero_and_tiny_blocks_under_flush_to_zero() -> None:
+    """No scale factor is a float32 subnormal: with denormals flushed, all-zero and
+    subnormal blocks (scale 2**-127) still give signed zeros, not NaN."""
+    x = torch.zeros(2, 32)
+    x[1, :3] = torch.tensor([1e-39, -3e-39, 1e-40])
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        for fmt in (mxfp8_e4m3, mxint8):
+            q = qtorch.quantize(x, fmt)
+            assert bits_equal(q, x * 0.0)
+            assert fmt.encode(x)[1].flatten().tolist() == [0, 0]
+    finally:
+        torch.set_flush_denormal(False)

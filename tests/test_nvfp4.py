@@ -201,9 +201,10 @@ def test_parameters_properties_and_errors() -> None:
 
 @pytest.mark.slow  # compiling takes 15-80 s on 2 cores
 @pytest.mark.parametrize("tensor_scale", [None, "amax"])
-def test_compiled_matches_eager(tensor_scale) -> None:
-    x = random_blocks(40, 130, seed=9)  # 5200 elements: above the eager threshold
-    fmt = NVFP4(dim=0, tensor_scale=tensor_scale)
+@pytest.mark.parametrize("dim, cols", [(0, 130), (-1, 128)])
+def test_compiled_matches_eager(tensor_scale, dim: int, cols: int) -> None:
+    x = random_blocks(40, cols, seed=9)  # 5200 elements: above the eager threshold
+    fmt = NVFP4(dim=dim, tensor_scale=tensor_scale)
     for rounding in ("nearest", "stochastic"):
         with qtorch.kernel_mode("eager"):
             want = qtorch.quantize(x, fmt, rounding, generator=torch.Generator().manual_seed(3))

@@ -152,11 +152,10 @@ class NVFP4(Format):
         g = self.tensor_scale_of(work)
         amax = kernel.block_amax(work, self.block_size, dim)
         s, nan = kernel.nvfp4_block_scales(amax, g, _scale_e4m3)
-        d = s if g is None else s * g
-        n = work.shape[dim]
-        d_full = kernel.expand_blocks(torch.where(nan, 1.0, d), self.block_size, dim, n)
-        nan_full = kernel.expand_blocks(nan, self.block_size, dim, n)
-        scaled = torch.where(nan_full, 0.0, work / d_full)
+        d = kernel.per_element(torch.where(nan, 1.0, s if g is None else s * g), dim)
+        blocks = kernel.to_blocks(work, self.block_size, dim)
+        scaled = torch.where(kernel.per_element(nan, dim), 0.0, blocks / d)
+        scaled = kernel.from_blocks(scaled, dim, work.shape[dim])
         return float4_e2m1fn.encode(scaled).reshape(x.shape), float8_e4m3fn.encode(s)
 
     def decode(
@@ -186,9 +185,8 @@ class NVFP4(Format):
         work_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         s = float8_e4m3fn.decode(scale_codes, dtype=work_dtype)
         d = s if g is None else s * torch.as_tensor(g, dtype=work_dtype)
-        n = codes.shape[dim]
-        d_full = kernel.expand_blocks(d, self.block_size, dim, n)
-        q = float4_e2m1fn.decode(codes, dtype=work_dtype) * d_full
+        values = float4_e2m1fn.decode(codes, dtype=work_dtype)
+        q = kernel.scale_blocks(values, d, self.block_size, dim)
         return q.reshape(element_codes.shape).to(dtype)
 
 

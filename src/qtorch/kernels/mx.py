@@ -5,6 +5,14 @@ Pure tensor functions for the OCP Microscaling (MX) formats and NVFP4. A *block*
 not a multiple of ``block_size`` the last block is shorter (it is padded with zeros, which
 never change a block maximum, and the padding is dropped again). Per-block tensors have x's
 shape with ``dim`` shortened to the number of blocks, ``ceil(n / block_size)``.
+
+Speed (compiled path): the block maxima are taken on x with ``dim`` split into
+``(n_blocks, block_size)`` (:func:`to_blocks`, a view unless padding is needed), and the
+per-element pass multiplies by per-block float scales repeated along ``dim``
+(:func:`expand_blocks`), which Inductor turns into a vectorized loop over blocks and their
+elements. Keeping the per-block work to a few float operations matters: Inductor recomputes
+it for every vector of elements. (Fusing both passes into one loop over each block, by
+broadcasting the per-block scales against the split view, measured 25 % slower on CPU.)
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from qtorch.kernels.bits import exponent, ldexp
+from qtorch.kernels.bits import exponent, isnan, layout, ldexp, mul_pow2
 from qtorch.rounding import Rounding
 
 #: E8M0 (the MX scale): value 2**(code - 127) for codes 0..254; code 255 is NaN.
@@ -40,53 +48,76 @@ def normalize_dim(dim: int, ndim: int, caller: str) -> int:
     return dim % size
 
 
+def to_blocks(x: torch.Tensor, block_size: int, dim: int) -> torch.Tensor:
+    """x with ``dim`` split into ``(n_blocks, block_size)``, zero-padded to whole blocks.
+
+    A view of x when ``block_size`` divides the length of ``dim``, else a padded copy.
+    ``dim`` must be non-negative and x at least 1-d.
+    """
+    short = x.shape[dim] % block_size
+    if short:
+        # F.pad lists (before, after) pairs from the last dimension backwards
+        x = torch.nn.functional.pad(x, [0, 0] * (x.dim() - 1 - dim) + [0, block_size - short])
+    return x.unflatten(dim, (x.shape[dim] // block_size, block_size))
+
+
+def from_blocks(blocked: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+    """Undo :func:`to_blocks`: merge dims ``dim``, ``dim + 1`` and cut to ``length``."""
+    return blocked.flatten(dim, dim + 1).narrow(dim, 0, length)
+
+
 def block_amax(x: torch.Tensor, block_size: int, dim: int) -> torch.Tensor:
     """The largest magnitude of each block along ``dim`` (NaN if the block holds a NaN).
 
     ``dim`` must be non-negative and x at least 1-d and non-empty.
     """
-    moved = x.abs().movedim(dim, -1)
-    n = moved.shape[-1]
-    blocks = -(-n // block_size)
-    pad = blocks * block_size - n
-    if pad:
-        moved = torch.nn.functional.pad(moved, (0, pad))
-    amax = moved.reshape(*moved.shape[:-1], blocks, block_size).amax(dim=-1)
-    return amax.movedim(-1, dim)
+    return to_blocks(x, block_size, dim).abs().amax(dim=dim + 1)
 
 
-def expand_blocks(per_block: torch.Tensor, block_size: int, dim: int, length: int) -> torch.Tensor:
-    """Repeat each per-block entry ``block_size`` times along ``dim`` and cut to ``length``."""
-    expanded = per_block.repeat_interleave(block_size, dim=dim)
-    return expanded.narrow(dim, 0, length)
+def per_element(per_block: torch.Tensor, dim: int) -> torch.Tensor:
+    """A per-block tensor (``dim`` of length n_blocks) shaped to broadcast against blocks."""
+    return per_block.unsqueeze(dim + 1)
 
 
-def shared_exponent(
+def block_scale(
     amax: torch.Tensor, elem_max: float, round_up: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The E8M0 scale exponents of blocks with maxima ``amax``, and which blocks are NaN.
+    """The E8M0 scales 2**e of blocks with maxima ``amax``, as two factors of amax's dtype.
 
     Spec rule (``round_up=False``, OCP MX v1.0 section 6.3):
-    ``floor(log2(amax)) - emax_elem`` with ``emax_elem = floor(log2(elem_max))``. With
-    ``round_up=True`` the exponent is raised by one where the spec rule would let the block
-    maximum exceed ``elem_max`` (so it never saturates): ``ceil(log2(amax / elem_max))``.
-    Both are clamped to -127..127; an all-zero block gets -127. A block whose maximum is
-    NaN or ±Inf is flagged (its exponent is returned as 0). Returns int32 exponents and the
-    bool NaN flags.
+    ``e = floor(log2(amax)) - emax_elem`` with ``emax_elem = floor(log2(elem_max))``. With
+    ``round_up=True`` e is raised by one where the spec rule would let the block maximum
+    exceed ``elem_max`` (so it never saturates): ``ceil(log2(amax / elem_max))``. Both are
+    clamped to -127..127; an all-zero block gets 2**-127. A block whose maximum is NaN or
+    ±Inf gets a NaN scale.
+
+    Returns ``(scale, low)`` with ``2**e = scale * low``: ``scale`` = 2**max(e, -126) (NaN for
+    NaN blocks) and ``low`` = 0.5 where e = -127, else 1, so that no factor is a float32
+    subnormal (which flush-to-zero modes would read as 0).
+
+    Computed on floats, exactly: masking the fraction bits of amax (normalised first when
+    subnormal) gives 2**floor(log2(amax)); below 2**-126 the scale may round, but only to
+    values that the clamp raises to 2**-127, as it would the exact ones.
     """
     emax_elem = math.frexp(elem_max)[1] - 1
-    special = ~torch.isfinite(amax)
-    e = exponent(amax) - emax_elem
+    lay = layout(amax.dtype)
+    shift = lay.mantissa_bits + 1
+    exponent_mask = ((1 << lay.exponent_bits) - 1) << lay.mantissa_bits
+    small = amax < 2.0**lay.min_normal_exp
+    normal = torch.where(small, amax * 2.0**shift, amax)
+    top = (normal.view(lay.int_dtype) & exponent_mask).view(amax.dtype)  # 2**floor(log2)
+    scale = torch.where(small, mul_pow2(top, -shift - emax_elem), mul_pow2(top, -emax_elem))
     if round_up:
-        safe = torch.where(special, 0.0, amax)
-        e = e + (ldexp(safe, -e) > elem_max).to(e.dtype)
-    e = e.clamp(E8M0_EMIN, E8M0_EMAX)
-    return torch.where(special, 0, e), special
+        scale = torch.where(amax > scale * elem_max, scale * 2.0, scale)
+    low = torch.where(scale < 2.0 ** (E8M0_EMIN + 1), 0.5, 1.0).to(amax.dtype)
+    scale = scale.clamp(2.0 ** (E8M0_EMIN + 1), 2.0**E8M0_EMAX)
+    return torch.where(amax < math.inf, scale, math.nan), low  # NaN and +Inf maxima: NaN
 
 
-def scale_codes(e: torch.Tensor, nan: torch.Tensor) -> torch.Tensor:
-    """E8M0 codes (int32, 0..255) of the exponents ``e`` with NaN flags ``nan``."""
-    return torch.where(nan, E8M0_NAN, e + E8M0_BIAS).to(torch.int32)
+def scale_codes(scale: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """E8M0 codes (int32, 0..255) of the block scales ``scale * low`` (NaN gives 255)."""
+    e = exponent(scale) - (low < 1.0).to(torch.int32)
+    return torch.where(isnan(scale), E8M0_NAN, e + E8M0_BIAS).to(torch.int32)
 
 
 def scale_exponents(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,16 +147,25 @@ def quantize_mx(
     if x.numel() == 0:
         return x.clone()
     work = x.reshape(1) if x.dim() == 0 else x
-    e, nan = shared_exponent(block_amax(work, block_size, dim), elem_max, round_up)
+    scale, low = block_scale(block_amax(work, block_size, dim), elem_max, round_up)
     n = work.shape[dim]
-    e_full = expand_blocks(e, block_size, dim, n)
-    nan_full = expand_blocks(nan, block_size, dim, n)
-    scaled = ldexp(work, -e_full)
+    # x / 2**e as x * 2**-e: a power of two (normal: at most 2**127), so the product is
+    # x / 2**e rounded once (exact unless it falls below the working dtype's normal range,
+    # far below every element quantum). NaN blocks have a NaN scale: all NaN.
+    down = expand_blocks(1.0 / scale / low, block_size, dim, n)
+    up = expand_blocks(scale, block_size, dim, n)
     if noise is not None:
         noise = noise.reshape(work.shape)
-    q = ldexp(quantize_element(scaled, rounding, noise), e_full)
-    q = torch.where(nan_full, math.nan, q)
+    q = quantize_element(work * down, rounding, noise) * up
+    # times 0.5 only in blocks with e = -127: q * 2**-127 in two exact steps
+    q = q * expand_blocks(low, block_size, dim, n)
     return q.reshape(x.shape)
+
+
+def expand_blocks(per_block: torch.Tensor, block_size: int, dim: int, length: int) -> torch.Tensor:
+    """Repeat each per-block entry ``block_size`` times along ``dim`` and cut to ``length``."""
+    expanded = per_block.repeat_interleave(block_size, dim=dim)
+    return expanded.narrow(dim, 0, length)
 
 
 def scaled_elements(
@@ -135,11 +175,10 @@ def scaled_elements(
 
     x must be at least 1-d; ``dim`` non-negative.
     """
-    e, nan = shared_exponent(block_amax(x, block_size, dim), elem_max, round_up)
-    n = x.shape[dim]
-    scaled = ldexp(x, -expand_blocks(e, block_size, dim, n))
-    scaled = torch.where(expand_blocks(nan, block_size, dim, n), 0.0, scaled)
-    return scaled, scale_codes(e, nan)
+    scale, low = block_scale(block_amax(x, block_size, dim), elem_max, round_up)
+    down = per_element(1.0 / scale / low, dim)
+    scaled = torch.where(isnan(down), 0.0, to_blocks(x, block_size, dim) * down)
+    return from_blocks(scaled, dim, x.shape[dim]), scale_codes(scale, low)
 
 
 def apply_scale_codes(
@@ -147,9 +186,18 @@ def apply_scale_codes(
 ) -> torch.Tensor:
     """elements * 2**(code - 127) per block; every element of a NaN-scale block is NaN."""
     e, nan = scale_exponents(codes)
-    n = elements.shape[dim]
-    q = ldexp(elements, expand_blocks(e, block_size, dim, n))
-    return torch.where(expand_blocks(nan, block_size, dim, n), math.nan, q)
+    blocks = to_blocks(elements, block_size, dim)
+    q = ldexp(blocks, per_element(e, dim))
+    q = torch.where(per_element(nan, dim), math.nan, q)
+    return from_blocks(q, dim, elements.shape[dim])
+
+
+def scale_blocks(
+    x: torch.Tensor, per_block: torch.Tensor, block_size: int, dim: int
+) -> torch.Tensor:
+    """x times its block's entry of ``per_block`` (x's shape, ``dim`` shortened to n_blocks)."""
+    q = to_blocks(x, block_size, dim) * per_element(per_block, dim)
+    return from_blocks(q, dim, x.shape[dim])
 
 
 # -- NVFP4: E2M1 elements, an E4M3 scale per block, an optional float32 tensor scale ---------
@@ -165,7 +213,8 @@ def dynamic_tensor_scale(x: torch.Tensor) -> torch.Tensor:
 
     Computed in x's dtype (a 0-d tensor); ±Inf and NaN are left out of the maximum.
     """
-    finite = torch.where(torch.isfinite(x), x.abs(), 0.0)
+    magnitude = x.abs()
+    finite = torch.where(magnitude < math.inf, magnitude, 0.0)
     g = finite.amax() / NVFP4_RANGE if x.numel() else torch.zeros((), dtype=x.dtype)
     return torch.where(g > 0, g, 1.0)
 
@@ -182,7 +231,7 @@ def nvfp4_block_scales(
     with saturation at 448; a result below the smallest positive E4M3 (2**-9) is raised to
     it. Blocks whose maximum is NaN or ±Inf are flagged (scale NaN).
     """
-    special = ~torch.isfinite(amax)
+    special = ~(amax < math.inf)  # NaN or +Inf (amax >= 0)
     raw = torch.where(special, 0.0, amax) / 6.0
     if tensor_scale is not None:
         raw = raw / tensor_scale
@@ -208,14 +257,11 @@ def quantize_nvfp4(
     if x.numel() == 0:
         return x.clone()
     work = x.reshape(1) if x.dim() == 0 else x
-    s, nan = nvfp4_block_scales(block_amax(work, block_size, dim), tensor_scale, quantize_scale)
-    d = s if tensor_scale is None else s * tensor_scale
-    n = work.shape[dim]
-    d_full = expand_blocks(d, block_size, dim, n)
-    nan_full = expand_blocks(nan, block_size, dim, n)
-    d_full = torch.where(nan_full, 1.0, d_full)
+    s, _ = nvfp4_block_scales(block_amax(work, block_size, dim), tensor_scale, quantize_scale)
+    d = s if tensor_scale is None else s * tensor_scale  # NaN in NaN/Inf blocks
+    d_full = expand_blocks(d, block_size, dim, work.shape[dim])
     if noise is not None:
         noise = noise.reshape(work.shape)
+    # a NaN d makes x / d NaN, which the element rounding keeps, and the product NaN
     q = quantize_element(work / d_full, rounding, noise) * d_full
-    q = torch.where(nan_full, math.nan, q)
     return q.reshape(x.shape)
