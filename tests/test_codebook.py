@@ -14,7 +14,14 @@ from edge_cases import SPECIALS_F32, bits_equal, neighbours_f32, random_float32
 import qtorch
 from qtorch import Codebook, nf4
 from qtorch.formats import Boundary
-from qtorch.kernels.codebook import binary_search, count_below, padded_for_search
+from qtorch.kernels.codebook import padded_for_search
+from qtorch.kernels.codebook_search import (
+    binary_search,
+    count_below,
+    prepare_search,
+    search_count,
+    search_lookup,
+)
 
 INF = math.inf
 
@@ -393,6 +400,69 @@ def test_binary_search_agrees_with_bucketize(size: int, or_equal: bool) -> None:
     assert torch.equal(count_below(y, padded, size, or_equal), expected)
 
 
+def _search_tables() -> dict[str, list[float]]:
+    """Sorted threshold lists: the two-level lookup's kinds of spacing, and a few small ones."""
+    g = torch.Generator().manual_seed(11)
+    return {
+        "few": [-2.5, -0.25, 0.0, 1 / 3, 7.0],
+        "sixteen": [k / 4 - 2 for k in range(16)],
+        "grid": [(k + 0.5) / 16 for k in range(255)],
+        "signed_grid": [(k - 127.5) / 32 for k in range(255)],
+        "log": sorted(2.0 ** (k / 8) for k in range(-120, 120)),
+        "random": sorted(set((torch.randn(300, generator=g) * 100).tolist())),
+        "zero_and_tiny": [0.0, 2.0**-149, 1e-40, *[(k + 1) / 7 for k in range(60)]],
+        "infinite_ends": [-INF, *[k / 3 for k in range(-40, 40)], INF],
+        # dense among values far apart: the two-level lookup gives up, binary search
+        "clustered": [*(1.0 + k * 2.0**-23 for k in range(200)), *(2.0**k for k in range(9, 99))],
+    }
+
+
+SEARCH_TABLES = _search_tables()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("name", sorted(SEARCH_TABLES))
+def test_prepared_search_agrees_with_bucketize(name: str, signed: bool, dtype: torch.dtype) -> None:
+    """The compiled path's counts and lookups (search_count, search_lookup), run eagerly here,
+    against torch.bucketize and an indexed table, on thresholds, both their float
+    neighbours, ±0, specials and random values."""
+    values = torch.tensor(SEARCH_TABLES[name], dtype=torch.float64).to(dtype)
+    if not signed:
+        values = values.abs()
+    values = torch.unique(values)  # sorted, distinct in dtype
+    finite = values[torch.isfinite(values)]
+    g = torch.Generator().manual_seed(len(values))
+    y = torch.cat(
+        [
+            values,
+            torch.nextafter(finite, torch.tensor(INF, dtype=dtype)),
+            torch.nextafter(finite, torch.tensor(-INF, dtype=dtype)),
+            torch.randn(3000, generator=g, dtype=dtype) * float(finite.abs().max()),
+            SPECIALS_F32[~torch.isnan(SPECIALS_F32)].to(dtype),
+            torch.tensor([0.0, -0.0, 5e-324, 1e-300, 1e300], dtype=torch.float64).to(dtype),
+        ]
+    )
+    y = torch.cat([y, -y]) if signed else y.abs()
+    entries = [float(k) * 3 - 100 for k in range(len(values) + 1)]
+    for or_equal in (False, True):
+        expected = torch.bucketize(y, values, right=or_equal, out_int32=True)
+        search = prepare_search(values.tolist(), dtype, y.device, or_equal, signed)
+        if name == "clustered":
+            assert not (search.values or search.buckets)  # too dense: binary search instead
+            continue
+        assert search.buckets > 0  # a count: always the two-level lookup when it fits
+        assert torch.equal(search_count(y, search), expected)
+    search = prepare_search(values.tolist(), dtype, y.device, False, signed, entries)
+    expected = torch.bucketize(y, values, out_int32=True)
+    if name != "clustered":
+        assert bool(search.values) == (len(values) <= 16)  # small: unrolled, else buckets
+        lookup = search_lookup(y, search)
+        assert torch.equal(lookup, torch.tensor(entries, dtype=dtype)[expected.long()])
+        if search.values:
+            assert torch.equal(search_count(y, search), expected)
+
+
 def test_table_of_65536_entries() -> None:
     entries = [k / 256 for k in range(65536)]  # 0 .. 256 - 1/256, ties at odd multiples of 1/512
     fmt = Codebook(entries)
@@ -412,15 +482,37 @@ def test_table_of_65536_entries() -> None:
     assert bits_equal(fmt.decode(codes), got)
 
 
+_G3 = torch.Generator().manual_seed(3)
+COMPILED_TABLES = {
+    "nf4": nf4,
+    "scaled": Codebook([0.5, 1.0, 2.0], scale=3.0),
+    "scaled_nf4": dataclasses.replace(nf4, scale=1 / 0.37),
+    "mirrored16": Codebook([0.0] + [2.0 ** (k / 2 - 4) for k in range(15)]),
+    "mirrored256": Codebook([k / 16 for k in range(256)]),
+    "signed256": Codebook(sorted(set((torch.randn(256, generator=_G3) * 2).tolist())), signed=True),
+    "geometric64": Codebook([2.0 ** (k / 4) for k in range(-32, 32)], boundaries="geometric"),
+    "clustered": Codebook([*(1.0 + k * 2.0**-20 for k in range(100)), 2.0**100]),  # binary search
+}  # fmt: skip
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
-@pytest.mark.parametrize("fmt", [nf4, Codebook([0.5, 1.0, 2.0], scale=3.0)])
-def test_compiled_matches_eager(fmt: Codebook, rounding: str) -> None:
-    x = torch.cat([probes(fmt, n_random=3000), torch.randn(10000)])
+@pytest.mark.parametrize("name", sorted(COMPILED_TABLES))
+def test_compiled_matches_eager(name: str, rounding: str, dtype: torch.dtype) -> None:
+    fmt = COMPILED_TABLES[name]
+    x = torch.cat([probes(fmt, n_random=3000), torch.randn(10000) * float(fmt.max)]).to(dtype)
+    if dtype == torch.float64:  # the float64 neighbours of entries and midpoints too
+        vals = fmt.values()
+        mids = vals[1:] / 2 + vals[:-1] / 2
+        for v in (vals, mids):
+            x = torch.cat([x, v, torch.nextafter(v, v + 1), torch.nextafter(v, v - 1)])
     eager = qtorch.quantize(x, fmt, rounding, generator=torch.Generator().manual_seed(1))
     with qtorch.kernel_mode("compiled"):
         compiled = qtorch.quantize(x, fmt, rounding, generator=torch.Generator().manual_seed(1))
     assert bits_equal(compiled, eager)
+    if rounding == "nearest" and dtype == torch.float32:
+        assert bits_equal(eager, reference_tensor(x, fmt))
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ import torch
 from qtorch.formats.base import Format
 from qtorch.formats.fixed import check_bool
 from qtorch.kernels import codebook as kern
+from qtorch.kernels import codebook_search as search
 from qtorch.quantize import working_tensor
 from qtorch.rounding import Rounding
 
@@ -45,12 +46,16 @@ class CodebookTables(NamedTuple):
     in the working dtype. ``thresholds``: the largest number of that dtype that rounds to
     each entry rather than the next (NaN-padded for the binary search). ``points``: the
     entries that stochastic rounding chooses among, float64 (``table[first:]``, padded).
+    ``search`` and ``points_search``: the thresholds and the points prepared for the
+    compiled kernels (:func:`qtorch.kernels.codebook_search.prepare_search`).
     """
 
     table: torch.Tensor
     thresholds: torch.Tensor
     points: torch.Tensor
     first: int
+    search: search.Search
+    points_search: search.Search
 
 
 @dataclass(frozen=True)
@@ -186,11 +191,13 @@ class Codebook(Format):
             if noise is None:
                 raise ValueError("Codebook: stochastic rounding needs noise")
             if self.signed:
-                return kern.round_signed_stochastic(x, t.table, t.points, noise)
-            return kern.round_mirrored_stochastic(x, t.table, t.points, noise, t.first)
+                return kern.round_signed_stochastic(x, t.table, t.points, noise, t.points_search)
+            return kern.round_mirrored_stochastic(
+                x, t.table, t.points, noise, t.first, t.points_search
+            )
         if self.signed:
-            return kern.round_signed(x, t.table, t.thresholds)
-        return kern.round_mirrored(x, t.table, t.thresholds)
+            return kern.round_signed(x, t.table, t.thresholds, t.search)
+        return kern.round_mirrored(x, t.table, t.thresholds, t.search)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes (torch.int32) of x rounded to nearest (see the class for the layout).
@@ -207,8 +214,8 @@ class Codebook(Format):
         t = _tables(self, work.dtype, work.device)
         size = t.table.numel()
         if self.signed:
-            return kern.encode_signed(work, t.thresholds, size)
-        return kern.encode_mirrored(work, t.thresholds, size, _layout(self).sign_bit)
+            return kern.encode_signed(work, t.thresholds, size, t.search)
+        return kern.encode_mirrored(work, t.thresholds, size, _layout(self).sign_bit, t.search)
 
     def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The values of integer codes, in ``dtype``; unused codes raise ``ValueError``.
@@ -335,12 +342,17 @@ def _build_tables(fmt: Codebook, dtype: torch.dtype, device: torch.device) -> Co
         raise TypeError(f"Codebook: working dtype must be float32 or float64, got {dtype}")
     lay = _layout(fmt)
     table = [kern.round_to_dtype(e, dtype) for e in lay.code_entries]
+    thresholds = [kern.threshold(cut, dtype) for cut in lay.cuts]
     points = [kern.round_to_dtype(e, torch.float64) for e in lay.entries]
     return CodebookTables(
         table=torch.tensor(table, dtype=dtype, device=device),
-        thresholds=kern.thresholds_tensor(lay.cuts, dtype, device),
+        thresholds=torch.tensor(kern.padded_for_search(thresholds), dtype=dtype, device=device),
         points=torch.tensor(kern.padded_for_search(points), dtype=torch.float64, device=device),
         first=lay.first,
+        search=search.prepare_search(thresholds, dtype, device, signed=fmt.signed, entries=table),
+        points_search=search.prepare_search(
+            points, torch.float64, device, or_equal=True, signed=fmt.signed
+        ),
     )
 
 

@@ -3,10 +3,16 @@
 Preparation is plain Python, run once per table and working dtype: every boundary between
 two neighbouring entries (a midpoint, a geometric mean or a user threshold) is turned into
 the largest number of the working dtype that still rounds to the lower entry, found with
-exact rational (integer) arithmetic. Rounding a tensor then needs one binary search
-over these thresholds (:func:`count_below`) and one gather: no distance arithmetic, so no
-rounding error near a boundary, and a value exactly on a boundary (a tie) goes where the
-boundary's ``tie_up`` flag says.
+exact rational (integer) arithmetic. Rounding a tensor then needs a count of the
+thresholds below each value (:func:`count_below`) and one gather: no distance arithmetic,
+so no rounding error near a boundary, and a value exactly on a boundary (a tie) goes where
+the boundary's ``tie_up`` flag says.
+
+Eager code counts with ``torch.bucketize``. Compiled code counts with a :class:`Search`
+prepared per table (:func:`prepare_search`), which Inductor turns into one vectorized loop:
+an unrolled sum of comparisons with the thresholds as constants for small tables, a
+two-level lookup for larger ones (bucket by the bit pattern of |y|, then compare with the
+few thresholds of that bucket), a binary search otherwise.
 
 The kernels are pure tensor code: no Python branching on tensor values, any device.
 """
@@ -22,17 +28,23 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from qtorch.kernels.bits import isnan, signbit
+from qtorch.kernels.codebook_search import (
+    Search,
+    count_below,
+    gather,
+    gather_in_range,
+    lookup,
+)
+
 __all__ = [
     "Cut",
     "Ratio",
-    "binary_search",
     "bracket_index",
-    "count_below",
     "decode_mirrored",
     "decode_signed",
     "encode_mirrored",
     "encode_signed",
-    "gather",
     "geometric_cut",
     "midpoint_cut",
     "padded_for_search",
@@ -229,68 +241,41 @@ def thresholds_tensor(
     return torch.tensor(padded_for_search(values), dtype=dtype, device=device)
 
 
-# --- kernels: tensor code ----------------------------------------------------------------
-
-
-def count_below(
-    y: torch.Tensor, padded: torch.Tensor, size: int, or_equal: bool = False
+def round_signed(
+    x: torch.Tensor, table: torch.Tensor, thresholds: torch.Tensor, search: Search | None = None
 ) -> torch.Tensor:
-    """How many of the first ``size`` entries of a sorted table are < y (<= y with ``or_equal``).
-
-    Returns int32 counts shaped like y. ``padded`` is the table ascending, then NaN up to
-    length 2**k - 1 (see :func:`padded_for_search`). Eager code runs ``torch.bucketize``;
-    under ``torch.compile`` the same count comes from :func:`binary_search`, which the
-    compiler fuses into one loop (tested to agree bitwise). For NaN y the count is some
-    valid index (0 or size), which callers mask.
-    """
-    if torch.compiler.is_compiling():
-        return binary_search(y, padded, or_equal)
-    return torch.bucketize(y.contiguous(), padded[:size], out_int32=True, right=or_equal)
-
-
-def binary_search(y: torch.Tensor, padded: torch.Tensor, or_equal: bool = False) -> torch.Tensor:
-    """:func:`count_below` as a branch-free binary search: k steps, each one gather from the
-    small table and one comparison (the NaN padding never compares true)."""
-    pos = torch.zeros(y.shape, dtype=torch.int32, device=y.device)
-    step = (padded.numel() + 1) // 2
-    while step:
-        probe = gather(padded, pos + (step - 1))
-        hit = probe <= y if or_equal else probe < y
-        pos = torch.where(hit, pos + step, pos)
-        step //= 2
-    return pos
-
-
-def gather(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[index]`` for a 1-D table and an integer index tensor of any shape."""
-    return table.index_select(0, index.reshape(-1)).view(index.shape)
-
-
-def round_signed(x: torch.Tensor, table: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """Nearest rounding to a signed table: ``table[i]`` with i = #(thresholds < x).
 
     ``table`` holds the n entries ascending in x's dtype and ``thresholds`` the n - 1
     thresholds (see :func:`threshold`, padded by :func:`padded_for_search`), both on x's
-    device. Values beyond the ends (±Inf included) get the end entries; NaN stays NaN.
+    device; ``search`` optionally the same thresholds prepared for compiled code
+    (:func:`prepare_search`). Values beyond the ends (±Inf included) get the end entries;
+    NaN stays NaN.
     """
-    q = gather(table, count_below(x, thresholds, table.numel() - 1))
-    return torch.where(torch.isnan(x), x, q)
+    q = lookup(x, table, thresholds, search)
+    return torch.where(isnan(x), x, q)
 
 
-def round_mirrored(x: torch.Tensor, table: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+def round_mirrored(
+    x: torch.Tensor, table: torch.Tensor, thresholds: torch.Tensor, search: Search | None = None
+) -> torch.Tensor:
     """Nearest rounding of |x| to a magnitude table, with x's sign put back.
 
     ``table[0]`` must be 0 and ``thresholds[0] >= 0``, so that ±0 gives ±0; the result is
     ``table[i]`` with i = #(thresholds < |x|), negated when x is negative (entries may be
-    negative: the result is sign(x)·t). NaN stays NaN.
+    negative: the result is sign(x)·t). ``search`` as in :func:`round_signed`. NaN stays NaN.
     """
-    q = gather(table, count_below(x.abs(), thresholds, table.numel() - 1))
-    q = torch.where(torch.signbit(x), -q, q)
-    return torch.where(torch.isnan(x), x, q)
+    q = lookup(x.abs(), table, thresholds, search)
+    q = torch.where(signbit(x), -q, q)
+    return torch.where(isnan(x), x, q)
 
 
 def bracket_index(
-    y: torch.Tensor, points: torch.Tensor, n: int, noise: torch.Tensor
+    y: torch.Tensor,
+    points: torch.Tensor,
+    n: int,
+    noise: torch.Tensor,
+    search: Search | None = None,
 ) -> torch.Tensor:
     """Index (int32) of the lower or upper of the two ``points`` around y, chosen at random.
 
@@ -298,31 +283,41 @@ def bracket_index(
     upper one is taken when noise < (y - lo) / (hi - lo), so with noise uniform on [0, 1)
     with probability linear in the distance (computed in float64). Below the first point
     (-Inf included) the result is the first point, above the last (+Inf included) the
-    last. NaN gives some valid index.
+    last. NaN gives some valid index. ``search``: the points prepared for compiled code
+    (float64, ``or_equal``).
     """
     if n == 1:
         return torch.zeros(y.shape, dtype=torch.int32, device=y.device)
     yd = y.to(torch.float64)
-    i = (count_below(yd, points, n, or_equal=True) - 1).clamp(0, n - 2)
-    lo, hi = gather(points, i), gather(points, i + 1)
+    i = (count_below(yd, points, n, or_equal=True, search=search) - 1).clamp(0, n - 2)
+    lo, hi = gather_in_range(points, i), gather_in_range(points, i + 1)
     # halves: the differences of entries near the float64 maximum would overflow
     p = (yd * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5)
     return torch.where(noise.to(torch.float64) < p, i + 1, i)
 
 
 def round_signed_stochastic(
-    x: torch.Tensor, table: torch.Tensor, points: torch.Tensor, noise: torch.Tensor
+    x: torch.Tensor,
+    table: torch.Tensor,
+    points: torch.Tensor,
+    noise: torch.Tensor,
+    search: Search | None = None,
 ) -> torch.Tensor:
     """Stochastic rounding to a signed table (``table`` in x's dtype, ``points`` in float64).
 
     Only the two entries around x can come out; outside the table the end entry; NaN stays.
     """
-    q = gather(table, bracket_index(x, points, table.numel(), noise))
-    return torch.where(torch.isnan(x), x, q)
+    q = gather_in_range(table, bracket_index(x, points, table.numel(), noise, search))
+    return torch.where(isnan(x), x, q)
 
 
 def round_mirrored_stochastic(
-    x: torch.Tensor, table: torch.Tensor, points: torch.Tensor, noise: torch.Tensor, first: int
+    x: torch.Tensor,
+    table: torch.Tensor,
+    points: torch.Tensor,
+    noise: torch.Tensor,
+    first: int,
+    search: Search | None = None,
 ) -> torch.Tensor:
     """Stochastic rounding of |x| among ``points``, x's sign put back; ±0 gives ±0.
 
@@ -330,24 +325,30 @@ def round_mirrored_stochastic(
     (``first`` is 1 when zero is not itself an entry). NaN stays NaN.
     """
     y = x.abs()
-    index = bracket_index(y, points, table.numel() - first, noise) + first
+    index = bracket_index(y, points, table.numel() - first, noise, search) + first
     index = torch.where(y == 0, 0, index)
-    q = gather(table, index)
-    q = torch.where(torch.signbit(x), -q, q)
-    return torch.where(torch.isnan(x), x, q)
+    q = gather_in_range(table, index)
+    q = torch.where(signbit(x), -q, q)
+    return torch.where(isnan(x), x, q)
 
 
-def encode_signed(x: torch.Tensor, thresholds: torch.Tensor, size: int) -> torch.Tensor:
+def encode_signed(
+    x: torch.Tensor, thresholds: torch.Tensor, size: int, search: Search | None = None
+) -> torch.Tensor:
     """Codes (int32) of nearest rounding to a signed table of ``size`` entries: the index."""
-    return count_below(x, thresholds, size - 1)
+    return count_below(x, thresholds, size - 1, search=search)
 
 
 def encode_mirrored(
-    x: torch.Tensor, thresholds: torch.Tensor, size: int, sign_bit: int
+    x: torch.Tensor,
+    thresholds: torch.Tensor,
+    size: int,
+    sign_bit: int,
+    search: Search | None = None,
 ) -> torch.Tensor:
     """Codes (int32) of nearest rounding to a mirrored table: sign << sign_bit | index."""
-    index = count_below(x.abs(), thresholds, size - 1)
-    return index | (torch.signbit(x).to(torch.int32) << sign_bit)
+    index = count_below(x.abs(), thresholds, size - 1, search=search)
+    return index | (signbit(x).to(torch.int32) << sign_bit)
 
 
 def decode_signed(codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
