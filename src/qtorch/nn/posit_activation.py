@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -74,49 +74,50 @@ class PositSigmoidFunction(torch.autograd.Function):
         return grad * y * (1 - y), None
 
 
-class PositTanhModule(torch.nn.Module):
+class _PositActivation(torch.nn.Module):
+    """A module applying ``function`` (an autograd Function of (x, nsize)) with nsize 8 or 16."""
+
+    function: ClassVar[type[torch.autograd.Function]]
+
+    def __init__(self, nsize: int = 16) -> None:
+        super().__init__()
+        self.nsize = _check_nsize(type(self).__name__, nsize)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function.apply(x, self.nsize)
+
+    def extra_repr(self) -> str:
+        return f"nsize={self.nsize}"
+
+
+class PositTanhModule(_PositActivation):
     """tanh through posit<16,0> (``nsize`` 8 also allowed): :class:`PositTanhFunction`.
 
     >>> PositTanhModule()(torch.tensor([0.5, 2.0]))
     tensor([0.5000, 0.8750])
     """
 
-    def __init__(self, nsize: int = 16) -> None:
-        super().__init__()
-        self.nsize = _check_nsize("PositTanhModule", nsize)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return PositTanhFunction.apply(x, self.nsize)
+    function = PositTanhFunction
 
 
-class PositTanhModuleEnhanced(torch.nn.Module):
+class PositTanhModuleEnhanced(_PositActivation):
     """Enhanced posit tanh (:func:`~qtorch.quant.posit_tanh_enhanced`) with tanh's backward.
 
     >>> PositTanhModuleEnhanced()(torch.tensor([0.5, 2.0]))
     tensor([0.5000, 0.9430])
     """
 
-    def __init__(self, nsize: int = 16) -> None:
-        super().__init__()
-        self.nsize = _check_nsize("PositTanhModuleEnhanced", nsize)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return PositTanhFunctionEnhanced.apply(x, self.nsize)
+    function = PositTanhFunctionEnhanced
 
 
-class PositSigmoidModule(torch.nn.Module):
+class PositSigmoidModule(_PositActivation):
     """Sigmoid through the posit<16,0> bit trick: :class:`PositSigmoidFunction`.
 
     >>> PositSigmoidModule()(torch.tensor([0.0, 1.0]))
     tensor([0.5000, 0.7500])
     """
 
-    def __init__(self, nsize: int = 16) -> None:
-        super().__init__()
-        self.nsize = _check_nsize("PositSigmoidModule", nsize)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return PositSigmoidFunction.apply(x, self.nsize)
+    function = PositSigmoidFunction
 
 
 class RefTanhModule(torch.nn.Module):
