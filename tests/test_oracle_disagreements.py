@@ -44,3 +44,24 @@ def test_numpy_float16_cast_agrees_on_the_float64_case() -> None:
     expected = float(np.float64(x).astype(np.float16))
     got = qtorch.quantize(torch.tensor([x], dtype=torch.float64), qtorch.float16).item()
     assert got == expected == 1 + 2**-10
+
+
+def test_geomean_hint_is_the_correctly_rounded_square_root() -> None:
+    """torch.sqrt on float32 CPU tensors gives sqrt(42/65536) one ulp high (0.0253153946...).
+
+    The correctly rounded float32 root h is decided here with exact arithmetic: the root lies
+    between the midpoints of h with its two float32 neighbours. The hint rule maps |y| > h to
+    the upper entry, so h maps to 6/256 and the float32 just above h to 7/256 (with torch's
+    root as the hint both would map to 6/256).
+    """
+    t0, t1 = 6 / 256, 7 / 256
+    target = Fraction(t0) * Fraction(t1)  # 42/65536, exact in float32
+    h = np.float32(0.02531539276242256)
+    above = np.nextafter(h, np.float32(1))
+    below = np.nextafter(h, np.float32(0))
+    # h is the float32 nearest to sqrt(target): the midpoints around it bracket the root
+    assert ((Fraction(float(h)) + Fraction(float(above))) / 2) ** 2 > target
+    assert ((Fraction(float(h)) + Fraction(float(below))) / 2) ** 2 < target
+    x = torch.tensor([float(h), float(above)])
+    got = qtorch.quant.configurable_table_quantize_geomean(x, [t0, t1])
+    assert got.tolist() == [t0, t1]
