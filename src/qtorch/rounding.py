@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 import enum
+from typing import TypeVar
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def parse_option(cls: type[E], value: E | str, label: str) -> E:
+    """The member of the string-valued Enum ``cls`` for ``value``: a member, or its value in
+    any letter case. Anything else raises ``ValueError("<label> must be one of ...")``."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        for member in cls:
+            if member.value == value.lower():
+                return member
+    allowed = ", ".join(repr(m.value) for m in cls)
+    raise ValueError(f"{label} must be one of {allowed}, got {value!r}")
 
 
 class Rounding(enum.Enum):
@@ -26,15 +42,7 @@ class Rounding(enum.Enum):
         >>> Rounding.parse("nearest")
         <Rounding.NEAREST: 'nearest'>
         """
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            try:
-                return cls(value.lower())
-            except ValueError:
-                pass
-        allowed = ", ".join(repr(m.value) for m in cls)
-        raise ValueError(f"rounding must be one of {allowed}, got {value!r}")
+        return parse_option(cls, value, "rounding")
 
 
 DIRECTED = frozenset({Rounding.TOWARD_ZERO, Rounding.DOWN, Rounding.UP})

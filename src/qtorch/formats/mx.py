@@ -19,7 +19,7 @@ from qtorch.formats.presets import (
     float8_e5m2,
 )
 from qtorch.kernels import mx as kernel
-from qtorch.rounding import Rounding
+from qtorch.rounding import Rounding, parse_option
 
 
 class ScaleRule(enum.Enum):
@@ -40,15 +40,7 @@ class ScaleRule(enum.Enum):
         >>> ScaleRule.parse("ceil")
         <ScaleRule.CEIL: 'ceil'>
         """
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            try:
-                return cls(value.lower())
-            except ValueError:
-                pass
-        allowed = ", ".join(repr(m.value) for m in cls)
-        raise ValueError(f"MX: scale_rule must be one of {allowed}, got {value!r}")
+        return parse_option(cls, value, "MX: scale_rule")
 
 
 def check_element(owner: str, element: Any) -> None:
