@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 
 from qtorch.formats.base import Format
+from qtorch.formats.fixed import check_bool, check_int
 from qtorch.kernels.floating import decode_float, encode_float, round_float
 from qtorch.rounding import Rounding
 
@@ -76,15 +77,10 @@ class FloatingPoint(Format):
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for param, lo, hi in (("exp", 1, 8), ("man", 0, 23)):
-            value = getattr(self, param)
-            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-                raise ValueError(f"{name}: {param} must be in {lo}..{hi}, got {value!r}")
+        check_int(name, "exp", self.exp, 1, 8)
+        check_int(name, "man", self.man, 0, 23)
         for flag in ("subnormals", "saturate", "has_inf", "has_nan"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(
-                    f"{name}: {flag} must be True or False, got {getattr(self, flag)!r}"
-                )
+            check_bool(name, flag, getattr(self, flag))
         if self.has_inf and not self.has_nan:
             raise ValueError(
                 f"{name}: has_inf=True needs has_nan=True (in the IEEE layout the top exponent "
