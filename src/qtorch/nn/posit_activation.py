@@ -44,19 +44,14 @@ class PositTanhFunction(torch.autograd.Function):
         return grad * (1 - y * y), None
 
 
-class PositTanhFunctionEnhanced(torch.autograd.Function):
-    """Forward: y = posit_tanh_enhanced(x, nsize). Backward: grad_x = grad_y * (1 - y**2)."""
+class PositTanhFunctionEnhanced(PositTanhFunction):
+    """Forward: y = posit_tanh_enhanced(x, nsize). Backward (inherited): grad_y * (1 - y**2)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, nsize: int = 16) -> torch.Tensor:
         y = posit_tanh_enhanced(x, nsize)
         ctx.save_for_backward(y)
         return y
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (y,) = ctx.saved_tensors
-        return grad * (1 - y * y), None
 
 
 class PositSigmoidFunction(torch.autograd.Function):
