@@ -366,3 +366,15 @@ def test_autograd_input_keeps_eager_graph() -> None:
         expected = qtorch.quantize(x, _format("fixed"))
     assert q.requires_grad == expected.requires_grad
     assert bits_equal(q.detach(), expected.detach())
+
+
+def test_clear_cache_forgets_compiled_kernels() -> None:
+    x = torch.randn(2048)
+    with qtorch.kernel_mode("compiled"):
+        qtorch.quantize(x, qtorch.FixedPoint(8, 4))
+        assert fused._cache
+        fused.clear_cache()
+        assert not fused._cache and not fused._broken and not fused._eager_seconds
+        again = qtorch.quantize(x, qtorch.FixedPoint(8, 4))
+    with qtorch.kernel_mode("eager"):
+        assert torch.equal(again, qtorch.quantize(x, qtorch.FixedPoint(8, 4)))

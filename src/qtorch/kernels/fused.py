@@ -187,16 +187,15 @@ def quantize(
     """
     if not wants_compiled(x):
         return eager()
-    if get_kernel_mode() == "auto":
-        key = _key(x, fmt, rounding, inplace)
-        if key not in _cache:
-            spent = _eager_seconds.get(key, 0.0)
-            if spent < AUTO_COMPILE_AFTER_S:
-                start = time.perf_counter()
-                result = eager()
-                _eager_seconds[key] = spent + time.perf_counter() - start
-                return result
-    return quantize_compiled(x, fmt, rounding, seed, inplace, eager)
+    key = _key(x, fmt, rounding, inplace)
+    if get_kernel_mode() == "auto" and key not in _cache:
+        spent = _eager_seconds.get(key, 0.0)
+        if spent < AUTO_COMPILE_AFTER_S:
+            start = time.perf_counter()
+            result = eager()
+            _eager_seconds[key] = spent + time.perf_counter() - start
+            return result
+    return quantize_compiled(x, fmt, rounding, seed, inplace, eager, key)
 
 
 def _key(x: torch.Tensor, fmt: Format, rounding: Rounding, inplace: bool) -> tuple[Hashable, ...]:
@@ -217,15 +216,17 @@ def quantize_compiled(
     seed: torch.Tensor | None,
     inplace: bool,
     eager: Callable[[], torch.Tensor],
+    key: tuple[Hashable, ...] | None = None,
 ) -> torch.Tensor:
     """Quantize x with the compiled kernel, or with ``eager()`` if compiling fails.
 
     With ``inplace`` the result is written into x, which is returned. When the compiled
     kernel fails, ``eager()`` (the reference on the same seed) decides: if it fails too,
     its error is the user's error and propagates; otherwise the failure is remembered and
-    warned about once.
+    warned about once. ``key`` is ``_key(x, fmt, rounding, inplace)`` when the caller has it.
     """
-    key = _key(x, fmt, rounding, inplace)
+    if key is None:
+        key = _key(x, fmt, rounding, inplace)
     write_into_arg = bool(key[-1])
     src = x if x.is_contiguous() else x.contiguous()
     # The flat view of a row-major tensor keeps each element's row-major index, so the
