@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from qtorch.formats.base import Format
+from qtorch.kernels import eager as eager_path
 from qtorch.kernels import fused
 from qtorch.kernels.noise import draw_seed, uniform_from_counter
 from qtorch.rounding import Rounding
@@ -107,10 +108,6 @@ def _dispatch(
     seed = draw_seed(generator, x.device) if mode is Rounding.STOCHASTIC else None
 
     def eager() -> torch.Tensor:
-        noise = None if seed is None else uniform_from_counter(seed, x.shape, dtype)
-        q = fmt.quantize_kernel(x.to(dtype), mode, noise)
-        if inplace:
-            return x.copy_(q)
-        return q.clone() if q is x else q.to(x.dtype)
+        return eager_path.run(x, fmt, mode, seed, dtype, inplace)
 
     return fused.quantize(x, fmt, mode, seed, inplace, eager)

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["draw_seed", "splitmix64", "uniform_from_counter"]
+__all__ = ["draw_seed", "splitmix64", "uniform_from_counter", "uniform_range"]
 
 
 def _signed(c: int) -> int:
@@ -114,13 +114,32 @@ def uniform_from_counter(
     numel = 1
     for size in shape:
         numel *= size
-    if torch.compiler.is_compiling() or numel <= EAGER_CHUNK or seed.device.type != "cpu":
-        return _uniform(seed, 0, numel, dtype).view(tuple(shape))
-    out = torch.empty(numel, dtype=dtype, device=seed.device)
-    for start in range(0, numel, EAGER_CHUNK):
-        stop = min(start + EAGER_CHUNK, numel)
-        out[start:stop] = _uniform(seed, start, stop, dtype)
-    return out.view(tuple(shape))
+    return uniform_range(seed, 0, numel, dtype).view(tuple(shape))
+
+
+def uniform_range(
+    seed: torch.Tensor, start: int, stop: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The noise of the flat indices ``start .. stop - 1`` (a slice of the full noise), 1-D.
+
+    ``uniform_range(seed, a, b)`` equals ``uniform_from_counter(seed, (n,))[a:b]`` bit for
+    bit, so a tensor can be quantized piece by piece with the noise of the whole.
+
+    >>> s = torch.tensor(7)
+    >>> torch.equal(uniform_range(s, 3, 9), uniform_from_counter(s, (12,))[3:9])
+    True
+    """
+    if dtype not in _RESOLUTION_BITS:
+        raise ValueError(f"uniform_range: dtype must be float32 or float64, got {dtype}")
+    if not 0 <= start <= stop:
+        raise ValueError(f"uniform_range: need 0 <= start <= stop, got {start}, {stop}")
+    if torch.compiler.is_compiling() or stop - start <= EAGER_CHUNK or seed.device.type != "cpu":
+        return _uniform(seed, start, stop, dtype)
+    out = torch.empty(stop - start, dtype=dtype, device=seed.device)
+    for begin in range(start, stop, EAGER_CHUNK):
+        end = min(begin + EAGER_CHUNK, stop)
+        out[begin - start : end - start] = _uniform(seed, begin, end, dtype)
+    return out
 
 
 def _uniform(seed: torch.Tensor, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
