@@ -22,6 +22,7 @@ from qtorch.kernels.codebook_search import (
     search_count,
     search_lookup,
 )
+from qtorch.kernels.noise import draw_seed, uniform_from_counter
 
 INF = math.inf
 
@@ -276,6 +277,47 @@ def test_stochastic_is_unbiased(fmt: Codebook, v: float) -> None:
     p = (v - lo) / (hi - lo)  # probability of hi
     sigma = abs(hi - lo) * math.sqrt(p * (1 - p) / n)
     assert abs(q.mean().item() - v) < 5 * sigma
+
+
+@pytest.mark.parametrize("name", ["nf4", "mirrored", "signed", "tiny_huge", "float64_only"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stochastic_decision_is_the_exact_probability(name: str, dtype: torch.dtype) -> None:
+    """Each element's choice against exact arithmetic on its own noise number.
+
+    Oracle: with lo <= |y| < hi the table values around y (in the working dtype) and u the
+    element's noise, hi comes out iff u < (y - lo) / (hi - lo) in Fractions. qtorch
+    compares in the working dtype, so elements whose u lies within a few units of the
+    noise's last place of that fraction may go either way; every other must agree.
+    """
+    fmt = TABLES[name]
+    x = probes(fmt, n_random=400).to(dtype)
+    x = x[torch.isfinite(x) & (x != 0)]
+    x = torch.cat([x, x * 0.999, x * 1.001])
+    g = torch.Generator().manual_seed(21)
+    got = qtorch.quantize(x, fmt, "stochastic", generator=g).tolist()
+    seed = draw_seed(torch.Generator().manual_seed(21), x.device)
+    noise = uniform_from_counter(seed, x.shape, dtype).tolist()
+    values = fmt.values().to(dtype).tolist()
+    points = values if fmt.signed else [v for v in values if v > 0 or 0.0 in fmt.entries]
+    points = sorted(set(points))
+    band = Fraction(2) ** (-21 if dtype == torch.float32 else -50)
+    undecided = 0
+    for v, u, q in zip(x.tolist(), noise, got, strict=True):
+        y = v if fmt.signed else abs(v)
+        i = min(max(sum(p <= y for p in points) - 1, 0), len(points) - 2)
+        lo, hi = points[i], points[i + 1]
+        if y <= lo:
+            expected = lo
+        elif y >= hi:
+            expected = hi
+        else:
+            p = (Fraction(y) - Fraction(lo)) / (Fraction(hi) - Fraction(lo))
+            if abs(Fraction(u) - p) <= band:
+                undecided += 1
+                continue
+            expected = hi if Fraction(u) < p else lo
+        assert (q if fmt.signed else abs(q)) == expected, (name, v, u, q)
+    assert undecided < len(got) / 100
 
 
 def test_stochastic_is_reproducible() -> None:

@@ -79,6 +79,7 @@ SAMPLED = [
     ("block(8,0)", Rounding.NEAREST),
     ("posit", Rounding.STOCHASTIC),
     ("codebook16", Rounding.NEAREST),
+    ("codebook256", Rounding.STOCHASTIC),
 ]
 
 

@@ -45,9 +45,13 @@ class CodebookTables(NamedTuple):
     ``table``: the value of every code index (magnitudes when mirrored, ``table[0]`` = 0),
     in the working dtype. ``thresholds``: the largest number of that dtype that rounds to
     each entry rather than the next (NaN-padded for the binary search). ``points``: the
-    entries that stochastic rounding chooses among, float64 (``table[first:]``, padded).
-    ``search`` and ``points_search``: the thresholds and the points prepared for the
-    compiled kernels (:func:`qtorch.kernels.codebook_search.prepare_search`).
+    values that stochastic rounding chooses among, in the working dtype (``table[first:]``,
+    padded; ``first`` is 1 when only ±0 give the 0 of ``table[0]``). ``search``: the
+    thresholds prepared for the compiled kernels
+    (:func:`qtorch.kernels.codebook_search.prepare_search`); ``points_search`` and
+    ``points_upper``: the points prepared for them
+    (:func:`qtorch.kernels.codebook.prepare_bracket`). ``halves``: whether the difference
+    of two points could overflow the working dtype.
     """
 
     table: torch.Tensor
@@ -56,6 +60,8 @@ class CodebookTables(NamedTuple):
     first: int
     search: search.Search
     points_search: search.Search
+    points_upper: torch.Tensor | None
+    halves: bool
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,8 @@ class Codebook(Format):
     entries of opposite signs, or next to a zero entry, is at 0, and ±0 go to the zero
     entry when there is one. Stochastic rounding ignores ``boundaries``: it gives one of
     the two entries around x, the upper with probability (x - lower) / (upper - lower), so
-    it is unbiased inside the table's range.
+    it is unbiased inside the table's range (lower and upper as the working dtype holds
+    them; the test ``noise * (upper - lower) < x - lower`` runs in the working dtype).
 
     Beyond the table (±Inf included) the result saturates at the extreme entry (with x's
     sign when mirrored); NaN stays NaN. In a signed table ±0 give the entry 0 (+0) if there
@@ -190,11 +197,11 @@ class Codebook(Format):
         if rounding is Rounding.STOCHASTIC:
             if noise is None:
                 raise ValueError("Codebook: stochastic rounding needs noise")
-            if self.signed:
-                return kern.round_signed_stochastic(x, t.table, t.points, noise, t.points_search)
-            return kern.round_mirrored_stochastic(
-                x, t.table, t.points, noise, t.first, t.points_search
+            stochastic = (
+                kern.round_signed_stochastic if self.signed else kern.round_mirrored_stochastic
             )
+            n = t.table.numel() - t.first
+            return stochastic(x, t.points, n, noise, t.points_search, t.halves, t.points_upper)
         if self.signed:
             return kern.round_signed(x, t.table, t.thresholds, t.search)
         return kern.round_mirrored(x, t.table, t.thresholds, t.search)
@@ -343,16 +350,17 @@ def _build_tables(fmt: Codebook, dtype: torch.dtype, device: torch.device) -> Co
     lay = _layout(fmt)
     table = [kern.round_to_dtype(e, dtype) for e in lay.code_entries]
     thresholds = [kern.threshold(cut, dtype) for cut in lay.cuts]
-    points = [kern.round_to_dtype(e, torch.float64) for e in lay.entries]
+    points = table[lay.first :]
+    points_search, points_upper = kern.prepare_bracket(points, dtype, device, fmt.signed)
     return CodebookTables(
         table=torch.tensor(table, dtype=dtype, device=device),
         thresholds=torch.tensor(kern.padded_for_search(thresholds), dtype=dtype, device=device),
-        points=torch.tensor(kern.padded_for_search(points), dtype=torch.float64, device=device),
+        points=torch.tensor(kern.padded_for_search(points), dtype=dtype, device=device),
         first=lay.first,
         search=search.prepare_search(thresholds, dtype, device, signed=fmt.signed, entries=table),
-        points_search=search.prepare_search(
-            points, torch.float64, device, or_equal=True, signed=fmt.signed
-        ),
+        points_search=points_search,
+        points_upper=points_upper,
+        halves=kern.stochastic_needs_halves(points, dtype),
     )
 
 

@@ -35,12 +35,15 @@ from qtorch.kernels.codebook_search import (
     gather,
     gather_in_range,
     lookup,
+    prepare_search,
+    search_lookup_pair,
 )
 
 __all__ = [
     "Cut",
     "Ratio",
-    "bracket_index",
+    "bracket",
+    "choose_stochastic",
     "decode_mirrored",
     "decode_signed",
     "encode_mirrored",
@@ -48,6 +51,7 @@ __all__ = [
     "geometric_cut",
     "midpoint_cut",
     "padded_for_search",
+    "prepare_bracket",
     "ratio",
     "round_mirrored",
     "round_mirrored_stochastic",
@@ -55,6 +59,7 @@ __all__ = [
     "round_signed_stochastic",
     "round_to_dtype",
     "scaled",
+    "stochastic_needs_halves",
     "threshold",
     "value_cut",
 ]
@@ -270,64 +275,121 @@ def round_mirrored(
     return torch.where(isnan(x), x, q)
 
 
-def bracket_index(
+def stochastic_needs_halves(points: Sequence[float], dtype: torch.dtype) -> bool:
+    """Whether the difference of two ``points`` can overflow dtype (then work with halves)."""
+    return any(abs(p) >= torch.finfo(dtype).max / 2 for p in points)
+
+
+def prepare_bracket(
+    points: Sequence[float], dtype: torch.dtype, device: torch.device, signed: bool = True
+) -> tuple[Search, torch.Tensor | None]:
+    """The search of :func:`bracket` for compiled code: (search, upper choices or None).
+
+    Up to :data:`~qtorch.kernels.codebook_search.UNROLL_MAX` points are compared one by
+    one; more are bucketed with the lower point of each count as the search's choices and
+    the upper point of each count as the second tensor (see
+    :func:`~qtorch.kernels.codebook_search.search_lookup_pair`).
+    """
+    n = len(points)
+    if n < 2:
+        return prepare_search(points, dtype, device, or_equal=True, signed=signed), None
+    lower = [points[min(max(k - 1, 0), n - 2)] for k in range(n + 1)]  # by count of points <= y
+    upper = [points[min(max(k - 1, 0), n - 2) + 1] for k in range(n + 1)]
+    search = prepare_search(points, dtype, device, or_equal=True, signed=signed, entries=lower)
+    if search.choices is None:
+        return search, None
+    second = prepare_search(points, dtype, device, or_equal=True, signed=signed, entries=upper)
+    return search, second.choices
+
+
+def bracket(
     y: torch.Tensor,
     points: torch.Tensor,
     n: int,
-    noise: torch.Tensor,
     search: Search | None = None,
-) -> torch.Tensor:
-    """Index (int32) of the lower or upper of the two ``points`` around y, chosen at random.
+    upper: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The points lo and hi around y: lo the last point <= y, hi the one after it.
 
-    ``points`` are the n entries, float64, strictly ascending (padded for the search). The
-    upper one is taken when noise < (y - lo) / (hi - lo), so with noise uniform on [0, 1)
-    with probability linear in the distance (computed in float64). Below the first point
-    (-Inf included) the result is the first point, above the last (+Inf included) the
-    last. NaN gives some valid index. ``search``: the points prepared for compiled code
-    (float64, ``or_equal``).
+    ``points`` are the n table values in y's dtype, ascending (padded for the search).
+    Below the first point (-Inf included) lo is the first point, at or above the last
+    (+Inf included) lo and hi are the last two. NaN gives some pair of points. ``search``
+    and ``upper``: from :func:`prepare_bracket`, for compiled code: small tables compare
+    with every point as a constant (no gather), larger ones read lo and hi from per-bucket
+    choices (one bucket search, two gathers).
     """
     if n == 1:
-        return torch.zeros(y.shape, dtype=torch.int32, device=y.device)
-    yd = y.to(torch.float64)
-    i = (count_below(yd, points, n, or_equal=True, search=search) - 1).clamp(0, n - 2)
-    lo, hi = gather_in_range(points, i), gather_in_range(points, i + 1)
-    # halves: the differences of entries near the float64 maximum would overflow
-    p = (yd * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5)
-    return torch.where(noise.to(torch.float64) < p, i + 1, i)
+        lo = gather_in_range(points, torch.zeros(y.shape, dtype=torch.int32, device=y.device))
+        return lo, lo
+    if torch.compiler.is_compiling() and search is not None:
+        if search.values:
+            v = search.values
+            lo, hi = torch.full_like(y, v[0]), torch.full_like(y, v[1])
+            for j in range(1, n - 1):
+                above = y >= v[j]
+                lo, hi = torch.where(above, v[j], lo), torch.where(above, v[j + 1], hi)
+            return lo, hi
+        if search.choices is not None and upper is not None:
+            return search_lookup_pair(y, search, upper)
+    i = (count_below(y, points, n, or_equal=True, search=search) - 1).clamp(0, n - 2)
+    return gather_in_range(points, i), gather_in_range(points, i + 1)
+
+
+def choose_stochastic(
+    y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, noise: torch.Tensor, halves: bool
+) -> torch.Tensor:
+    """hi when ``noise * (hi - lo) < y - lo`` or y >= hi, else lo (in y's dtype).
+
+    With noise uniform on [0, 1) (of y's dtype and resolution) hi comes out with
+    probability (y - lo) / (hi - lo), up to the rounding of the two products in y's dtype
+    (a few units in the last place of the noise); exactly lo at y == lo and hi at y == hi.
+    ``halves``: compare halves of both sides, for points whose difference would overflow.
+    """
+    if halves:
+        up = noise * (hi * 0.5 - lo * 0.5) < y * 0.5 - lo * 0.5
+    else:
+        up = noise * (hi - lo) < y - lo
+    return torch.where(up | (y >= hi), hi, lo)
 
 
 def round_signed_stochastic(
     x: torch.Tensor,
-    table: torch.Tensor,
     points: torch.Tensor,
+    n: int,
     noise: torch.Tensor,
     search: Search | None = None,
+    halves: bool = False,
+    upper: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Stochastic rounding to a signed table (``table`` in x's dtype, ``points`` in float64).
+    """Stochastic rounding to a signed table of n ``points`` (x's dtype, ascending, padded).
 
-    Only the two entries around x can come out; outside the table the end entry; NaN stays.
+    Only the two entries around x can come out (:func:`choose_stochastic`); beyond the
+    table the end entry; NaN stays NaN. ``search``, ``upper``: see :func:`bracket`.
     """
-    q = gather_in_range(table, bracket_index(x, points, table.numel(), noise, search))
+    lo, hi = bracket(x, points, n, search, upper)
+    q = choose_stochastic(x, lo, hi, noise, halves)
     return torch.where(isnan(x), x, q)
 
 
 def round_mirrored_stochastic(
     x: torch.Tensor,
-    table: torch.Tensor,
     points: torch.Tensor,
+    n: int,
     noise: torch.Tensor,
-    first: int,
     search: Search | None = None,
+    halves: bool = False,
+    upper: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Stochastic rounding of |x| among ``points``, x's sign put back; ±0 gives ±0.
+    """Stochastic rounding of |x| among n ``points`` (magnitudes), x's sign put back.
 
-    ``points`` (float64, padded for search) are ``table[first:]``; ``table[0]`` is 0
-    (``first`` is 1 when zero is not itself an entry). NaN stays NaN.
+    ``points`` (x's dtype, ascending, padded for search) are the table's magnitudes
+    without the 0 that only ±0 give; ±0 gives ±0. NaN stays NaN. ``search``, ``upper``:
+    see :func:`bracket`.
     """
     y = x.abs()
-    index = bracket_index(y, points, table.numel() - first, noise, search) + first
-    index = torch.where(y == 0, 0, index)
-    q = gather_in_range(table, index)
+    lo, hi = bracket(y, points, n, search, upper)
+    q = choose_stochastic(y, lo, hi, noise, halves)
+    q = torch.where(y == 0, y, q)
     q = torch.where(signbit(x), -q, q)
     return torch.where(isnan(x), x, q)
 

@@ -31,6 +31,7 @@ __all__ = [
     "prepare_search",
     "search_count",
     "search_lookup",
+    "search_lookup_pair",
 ]
 
 #: Tables of at most this many thresholds are searched by an unrolled sum of comparisons.
@@ -77,16 +78,19 @@ def prepare_search(
     or_equal: bool = False,
     signed: bool = True,
     entries: Sequence[float] = (),
+    unroll: bool = False,
 ) -> Search:
     """The :class:`Search` for sorted thresholds ``values`` (numbers of dtype, no NaN).
 
     ``signed=False`` promises that every y searched is >= 0 or NaN (a mirrored table).
     ``entries``: the table that :func:`lookup` indexes (numbers of dtype), if it is used.
+    With ``entries`` or ``unroll``, at most :data:`UNROLL_MAX` values are compared one by
+    one (``values`` set, no buckets).
     The bucket layout is the one with the fewest thresholds per bucket (then the fewest
     buckets), found by trying every shift; everything here is exact float/int arithmetic.
     """
     values = tuple(v + 0.0 for v in values)  # -0.0 -> 0.0: bucket bounds and floats agree
-    if entries and len(values) <= UNROLL_MAX:
+    if (entries or unroll) and len(values) <= UNROLL_MAX:
         return Search(values, or_equal, signed, tuple(entries))
     best = _best_buckets(np.array(values), dtype, or_equal, signed) if values else None
     if best is None:  # an unrolled count (slower than buckets in float64), or binary search
@@ -246,6 +250,17 @@ def search_lookup(y: torch.Tensor, search: Search) -> torch.Tensor:
     assert search.choices is not None, "search_lookup needs a search prepared with entries"
     bucket, count = _bucket_count(y, search, None)
     return gather_in_range(search.choices, bucket * (search.width + 1) + count)
+
+
+def search_lookup_pair(
+    y: torch.Tensor, search: Search, second: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`search_lookup` of a bucketed search, reading also ``second``: choices of a
+    second table, laid out like ``search.choices`` (one bucket search, two gathers)."""
+    assert search.choices is not None, "search_lookup_pair needs a bucketed search with entries"
+    bucket, count = _bucket_count(y, search, None)
+    k = bucket * (search.width + 1) + count
+    return gather_in_range(search.choices, k), gather_in_range(second, k)
 
 
 def binary_search(y: torch.Tensor, padded: torch.Tensor, or_equal: bool = False) -> torch.Tensor:

@@ -226,10 +226,11 @@ def _lookup(
     scale = _check_scale(caller, scale)
     work = working_tensor(x, caller)
     y = work * scale if scale != 1.0 else work
-    table, thresholds, points = _nearest_tables(entries, work.dtype, work.device)
+    table, thresholds, points, halves = _nearest_tables(entries, work.dtype, work.device)
     if mode is Rounding.STOCHASTIC:
         noise = uniform_noise(y, generator)
-        q = kern.round_mirrored_stochastic(y, table, points, noise, first=1)
+        n = table.numel() - 1  # the magnitudes that |y| > 0 can round to: table[1:]
+        q = kern.round_mirrored_stochastic(y, points, n, noise, halves=halves)
     else:
         q = kern.round_mirrored(y, table, thresholds)
     if scale != 1.0:
@@ -257,11 +258,13 @@ def _hint_lookup(
 @functools.lru_cache(maxsize=128)
 def _nearest_tables(
     entries: tuple[float, ...], dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """Lookup tensors for 'nearest to |y|, first in table order on ties'.
 
     On |y| > 0 only these entries can win, in ascending order: the largest negative entry
     (if any) and the distinct entries >= 0. Index 0 of the table is the 0 that ±0 give.
+    Returns the table, the thresholds, the points of stochastic rounding (``table[1:]``,
+    padded for the search) and whether their differences need halves.
     """
     first_at: dict[float, int] = {}
     for i, t in enumerate(entries):
@@ -276,7 +279,8 @@ def _nearest_tables(
     return (
         torch.tensor(table, dtype=dtype, device=device),
         kern.thresholds_tensor(cuts, dtype, device, floor=0.0),
-        torch.tensor(kern.padded_for_search(line), dtype=torch.float64, device=device),
+        torch.tensor(kern.padded_for_search(table[1:]), dtype=dtype, device=device),
+        kern.stochastic_needs_halves(table, dtype),
     )
 
 
