@@ -20,12 +20,21 @@ def block_max(x: torch.Tensor, dim: int) -> torch.Tensor:
 
     ``dim=-1``: the whole tensor is one block. ``dim=d``: one block per index i along d
     (the elements of ``x.select(d, i)``). x must not be empty.
+
+    The maximum is taken over the bit patterns of |x| as integers, which order like the
+    magnitudes, with every NaN above +Inf; so a block with a NaN gets a NaN (its payload
+    may differ from the input's). An integer maximum compiles to a plain vector max,
+    while a float maximum must also propagate NaN (measured: 0.45 against 0.64 times
+    ``torch.mul`` for 4,194,304 float32).
     """
-    magnitude = x.abs()
+    lay = layout(x.dtype)
+    magnitude = x.view(lay.int_dtype) & ((1 << (lay.exponent_bits + lay.mantissa_bits)) - 1)
     if dim == -1:
-        return magnitude.amax()
-    others = [d for d in range(x.ndim) if d != dim]
-    return magnitude.amax(dim=others, keepdim=True) if others else magnitude
+        top = magnitude.amax()
+    else:
+        others = [d for d in range(x.ndim) if d != dim]
+        top = magnitude.amax(dim=others, keepdim=True) if others else magnitude
+    return top.view(x.dtype)
 
 
 def quantize_block(
