@@ -69,15 +69,9 @@ def from_blocks(blocked: torch.Tensor, dim: int, length: int) -> torch.Tensor:
 def block_amax(x: torch.Tensor, block_size: int, dim: int) -> torch.Tensor:
     """The largest magnitude of each block along ``dim`` (NaN if the block holds a NaN).
 
-    ``dim`` must be non-negative and x at least 1-d and non-empty. As in
-    :func:`qtorch.kernels.block.block_max`, the maximum is taken over the bit patterns of
-    the magnitudes (integers order like them, NaN above +Inf), which compiles to a
-    plain vector max.
+    ``dim`` must be non-negative and x at least 1-d and non-empty.
     """
-    lay = layout(x.dtype)
-    magnitude_mask = (1 << (lay.exponent_bits + lay.mantissa_bits)) - 1
-    bits = to_blocks(x, block_size, dim).view(lay.int_dtype) & magnitude_mask
-    return bits.amax(dim=dim + 1).view(x.dtype)
+    return to_blocks(x, block_size, dim).abs().amax(dim=dim + 1)
 
 
 def per_element(per_block: torch.Tensor, dim: int) -> torch.Tensor:
