@@ -86,10 +86,15 @@ def splitmix64(seed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     >>> hex(splitmix64(torch.tensor(0), torch.tensor(0)).item() % 2**64)  # state 0
     '0xe220a8397b1dcdaf'
     """
+    z = _unfinished(seed, index)
+    return z.bitwise_xor_(_shift_right_logical(z, 31))
+
+
+def _unfinished(seed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 without its last step ``z ^= z >> 31``, which changes only the low 33 bits."""
     z = (index + seed).add_(1).mul_(GOLDEN_GAMMA)
     z = z.bitwise_xor_(_shift_right_logical(z, 30)).mul_(_MIX1)
-    z = z.bitwise_xor_(_shift_right_logical(z, 27)).mul_(_MIX2)
-    return z.bitwise_xor_(_shift_right_logical(z, 31))
+    return z.bitwise_xor_(_shift_right_logical(z, 27)).mul_(_MIX2)
 
 
 def uniform_from_counter(
@@ -146,7 +151,10 @@ def _uniform(seed: torch.Tensor, start: int, stop: int, dtype: torch.dtype) -> t
     """The noise of the flat indices start..stop-1."""
     bits = _RESOLUTION_BITS[dtype]
     index = torch.arange(start, stop, dtype=torch.int64, device=seed.device)
-    top = _shift_right_logical(splitmix64(seed, index), 64 - bits)
+    # The top 24 bits of SplitMix64's output are those of the value before its last step
+    # (z ^ (z >> 31) keeps bits 33..63), so float32 noise skips that step: the same bits.
+    z = _unfinished(seed, index) if bits <= 31 else splitmix64(seed, index)
+    top = _shift_right_logical(z, 64 - bits)
     return top.to(dtype).mul_(2.0**-bits)
 
 
