@@ -176,17 +176,32 @@ def round_posit(
         q = torch.where(up, upper, lower)
     else:
         raise ValueError(f"posit rounding must be nearest or stochastic, got {rounding.value!r}")
-    q = q.copysign_(x)  # q is a fresh tensor: in-place updates from here on
     if scale != 1.0:
-        q = q.div_(scale)
-    # Zero and the specials come from x's own bits (x * scale may over- or underflow).
+        q = q.div_(scale)  # q is a fresh tensor of magnitudes: in-place updates from here on
+    return _signed_with_specials(q, x)
+
+
+def _signed_with_specials(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The magnitudes q (a fresh tensor, overwritten) with x's sign; +0 for ±0, NaN for ±Inf
+    and NaN (the positive quiet NaN), all decided on x's own bits (x * scale may over- or
+    underflow).
+
+    Integer arithmetic only (a clamp turns "nonzero" and "special" into 0 or 1): eager
+    comparisons, ``where`` and ``masked_fill`` build boolean tensors, which on the CPU cost
+    5-30 times an integer operation.
+    """
+    lay = layout(x.dtype)
+    raw = x.view(lay.int_dtype)
+    magnitude = raw & ((1 << (lay.exponent_bits + lay.mantissa_bits)) - 1)
     infinity = ((1 << lay.exponent_bits) - 1) << lay.mantissa_bits
-    if scale == 1.0 and not normalise:  # ef is x's bit pattern less the bias: reuse it
-        x_bits, offset = ef, -(lay.bias << lay.mantissa_bits)
-    else:
-        x_bits, offset = abs_bits(x), 0
-    q = q.masked_fill_(x_bits == offset, 0.0)
-    return q.masked_fill_(x_bits >= infinity + offset, torch.nan)
+    quiet_nan = infinity | (1 << (lay.mantissa_bits - 1))
+    nonzero = magnitude.clamp(max=1)
+    special = magnitude.sub_(infinity - 1).clamp_(0, 1)  # magnitude is not needed any more
+    sign = raw & (-1 << (lay.exponent_bits + lay.mantissa_bits))  # the sign bit alone
+    sign = sign.mul_(nonzero - special)  # kept for nonzero finite x only
+    bits = q.view(lay.int_dtype).mul_(nonzero)  # +0 for ±0; maxpos (< Inf) for specials
+    bits = torch.maximum(bits, special.mul_(quiet_nan), out=bits)
+    return bits.bitwise_or_(sign).view(x.dtype)
 
 
 def encode_posit(x: torch.Tensor, nsize: int, es: int, scale: float) -> torch.Tensor:
