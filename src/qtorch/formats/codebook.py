@@ -48,10 +48,9 @@ class CodebookTables(NamedTuple):
     values that stochastic rounding chooses among, in the working dtype (``table[first:]``,
     padded; ``first`` is 1 when only ±0 give the 0 of ``table[0]``). ``search``: the
     thresholds prepared for the compiled kernels
-    (:func:`qtorch.kernels.codebook_search.prepare_search`); ``points_search`` and
-    ``points_upper``: the points prepared for them
-    (:func:`qtorch.kernels.codebook.prepare_bracket`). ``halves``: whether the difference
-    of two points could overflow the working dtype.
+    (:func:`qtorch.kernels.codebook_search.prepare_search`); ``bracket``: the points
+    prepared for them (:func:`qtorch.kernels.codebook.prepare_bracket`). ``halves``:
+    whether the difference of two points could overflow the working dtype.
     """
 
     table: torch.Tensor
@@ -59,8 +58,7 @@ class CodebookTables(NamedTuple):
     points: torch.Tensor
     first: int
     search: search.Search
-    points_search: search.Search
-    points_upper: torch.Tensor | None
+    bracket: kern.Bracket
     halves: bool
 
 
@@ -201,7 +199,7 @@ class Codebook(Format):
                 kern.round_signed_stochastic if self.signed else kern.round_mirrored_stochastic
             )
             n = t.table.numel() - t.first
-            return stochastic(x, t.points, n, noise, t.points_search, t.halves, t.points_upper)
+            return stochastic(x, t.points, n, noise, t.bracket, t.halves)
         if self.signed:
             return kern.round_signed(x, t.table, t.thresholds, t.search)
         return kern.round_mirrored(x, t.table, t.thresholds, t.search)
@@ -351,15 +349,13 @@ def _build_tables(fmt: Codebook, dtype: torch.dtype, device: torch.device) -> Co
     table = [kern.round_to_dtype(e, dtype) for e in lay.code_entries]
     thresholds = [kern.threshold(cut, dtype) for cut in lay.cuts]
     points = table[lay.first :]
-    points_search, points_upper = kern.prepare_bracket(points, dtype, device, fmt.signed)
     return CodebookTables(
         table=torch.tensor(table, dtype=dtype, device=device),
         thresholds=torch.tensor(kern.padded_for_search(thresholds), dtype=dtype, device=device),
         points=torch.tensor(kern.padded_for_search(points), dtype=dtype, device=device),
         first=lay.first,
         search=search.prepare_search(thresholds, dtype, device, signed=fmt.signed, entries=table),
-        points_search=points_search,
-        points_upper=points_upper,
+        bracket=kern.prepare_bracket(points, dtype, device, fmt.signed),
         halves=kern.stochastic_needs_halves(points, dtype),
     )
 

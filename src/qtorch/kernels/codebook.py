@@ -24,6 +24,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ import torch
 from qtorch.kernels.bits import isnan, signbit
 from qtorch.kernels.codebook_search import (
     Search,
+    bucket_of,
     count_below,
     gather,
     gather_in_range,
@@ -40,6 +42,7 @@ from qtorch.kernels.codebook_search import (
 )
 
 __all__ = [
+    "Bracket",
     "Cut",
     "Ratio",
     "bracket",
@@ -280,48 +283,90 @@ def stochastic_needs_halves(points: Sequence[float], dtype: torch.dtype) -> bool
     return any(abs(p) >= torch.finfo(dtype).max / 2 for p in points)
 
 
+class Bracket(NamedTuple):
+    """How compiled code finds the two points around y (see :func:`prepare_bracket`).
+
+    ``search``: the points (``or_equal``); up to
+    :data:`~qtorch.kernels.codebook_search.UNROLL_MAX` of them as constants
+    (``search.values``). For larger float32 tables bucketed with at most one point per
+    bucket, ``inner`` and ``outer`` hold per bucket two float32 bit patterns each, packed
+    into one int64 (low half, high half): ``inner`` the bucket's point t (NaN if none) and
+    the point at its count, ``outer`` the points below and above (one gather each). Other
+    bucketed tables: ``upper``, the upper point of each count laid out like the search's
+    choices (which hold the lower point).
+    """
+
+    search: Search
+    upper: torch.Tensor | None = None
+    inner: torch.Tensor | None = None
+    outer: torch.Tensor | None = None
+
+
 def prepare_bracket(
     points: Sequence[float], dtype: torch.dtype, device: torch.device, signed: bool = True
-) -> tuple[Search, torch.Tensor | None]:
-    """The search of :func:`bracket` for compiled code: (search, upper choices or None).
-
-    Up to :data:`~qtorch.kernels.codebook_search.UNROLL_MAX` points are compared one by
-    one; more are bucketed with the lower point of each count as the search's choices and
-    the upper point of each count as the second tensor (see
-    :func:`~qtorch.kernels.codebook_search.search_lookup_pair`).
-    """
+) -> Bracket:
+    """The :class:`Bracket` for ``points`` (ascending numbers of dtype)."""
     n = len(points)
     if n < 2:
-        return prepare_search(points, dtype, device, or_equal=True, signed=signed), None
+        return Bracket(prepare_search(points, dtype, device, or_equal=True, signed=signed))
+    plain = prepare_search(points, dtype, device, or_equal=True, signed=signed, unroll=True)
+    if plain.values or not plain.buckets:
+        return Bracket(plain)
+    if dtype == torch.float32 and plain.width <= 1:
+        assert plain.base is not None and plain.window is not None
+        base = plain.base.cpu().numpy().astype(np.int64)  # points <= every y of the bucket
+        p = np.array(points, dtype=np.float32)
+        window = plain.window.cpu().numpy().astype(np.float32)
+        if plain.width == 0:
+            window = np.full(base.shape, np.nan, dtype=np.float32)
+        # lo, hi for c = 0 or 1 points of the bucket <= y: c=0 (p[B-1], p[B]), c=1 (p[B],
+        # p[B+1]), indices clamped to the table (lo = hi = the end point beyond the ends)
+        below, at = p[np.maximum(base - 1, 0)], p[np.minimum(base, n - 1)]
+        above = p[np.minimum(base + 1, n - 1)]
+        return Bracket(
+            plain,
+            inner=torch.tensor(_pack(window, at), device=device),
+            outer=torch.tensor(_pack(below, above), device=device),
+        )
     lower = [points[min(max(k - 1, 0), n - 2)] for k in range(n + 1)]  # by count of points <= y
     upper = [points[min(max(k - 1, 0), n - 2) + 1] for k in range(n + 1)]
     search = prepare_search(points, dtype, device, or_equal=True, signed=signed, entries=lower)
-    if search.choices is None:
-        return search, None
     second = prepare_search(points, dtype, device, or_equal=True, signed=signed, entries=upper)
-    return search, second.choices
+    return Bracket(search, upper=second.choices)
+
+
+def _pack(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """int64 holding the bit patterns of float32 ``low`` (bits 0-31) and ``high`` (32-63)."""
+    lo_bits = low.astype(np.float32).view(np.uint32).astype(np.uint64)
+    hi_bits = high.astype(np.float32).view(np.uint32).astype(np.uint64)
+    return (lo_bits | (hi_bits << np.uint64(32))).view(np.int64)
+
+
+def _unpack(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two float32 numbers of :func:`_pack`ed int64 (int64 to int32 keeps the low half)."""
+    low = packed.to(torch.int32).view(torch.float32)
+    return low, (packed >> 32).to(torch.int32).view(torch.float32)
 
 
 def bracket(
-    y: torch.Tensor,
-    points: torch.Tensor,
-    n: int,
-    search: Search | None = None,
-    upper: torch.Tensor | None = None,
+    y: torch.Tensor, points: torch.Tensor, n: int, prepared: Bracket | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The points lo and hi around y: lo the last point <= y, hi the one after it.
+    """Two points lo <= hi of the table around y, for :func:`choose_stochastic`.
 
     ``points`` are the n table values in y's dtype, ascending (padded for the search).
-    Below the first point (-Inf included) lo is the first point, at or above the last
-    (+Inf included) lo and hi are the last two. NaN gives some pair of points. ``search``
-    and ``upper``: from :func:`prepare_bracket`, for compiled code: small tables compare
-    with every point as a constant (no gather), larger ones read lo and hi from per-bucket
-    choices (one bucket search, two gathers).
+    Inside the table lo is the last point <= y and hi the next one. Below the first point
+    (-Inf included) lo is the first point; at or above the last (+Inf included) hi is the
+    last point; there hi (below) or lo (above) is either the neighbouring point or the end
+    point itself, which :func:`choose_stochastic` resolves the same way. NaN gives some
+    pair of points. ``prepared``: from :func:`prepare_bracket`, for compiled code: small
+    tables compare with every point as a constant (no gather), larger ones read lo and hi
+    from per-bucket lists (two gathers).
     """
     if n == 1:
         lo = gather_in_range(points, torch.zeros(y.shape, dtype=torch.int32, device=y.device))
         return lo, lo
-    if torch.compiler.is_compiling() and search is not None:
+    search = None if prepared is None else prepared.search
+    if torch.compiler.is_compiling() and prepared is not None and search is not None:
         if search.values:
             v = search.values
             lo, hi = torch.full_like(y, v[0]), torch.full_like(y, v[1])
@@ -329,8 +374,14 @@ def bracket(
                 above = y >= v[j]
                 lo, hi = torch.where(above, v[j], lo), torch.where(above, v[j + 1], hi)
             return lo, hi
-        if search.choices is not None and upper is not None:
-            return search_lookup_pair(y, search, upper)
+        if prepared.inner is not None and prepared.outer is not None:
+            bucket = bucket_of(y, search)
+            t, at = _unpack(gather_in_range(prepared.inner, bucket))
+            below, above = _unpack(gather_in_range(prepared.outer, bucket))
+            past = y >= t  # False for the NaN of a bucket without a point
+            return torch.where(past, at, below), torch.where(past, above, at)
+        if search.choices is not None and prepared.upper is not None:
+            return search_lookup_pair(y, search, prepared.upper)
     i = (count_below(y, points, n, or_equal=True, search=search) - 1).clamp(0, n - 2)
     return gather_in_range(points, i), gather_in_range(points, i + 1)
 
@@ -357,16 +408,15 @@ def round_signed_stochastic(
     points: torch.Tensor,
     n: int,
     noise: torch.Tensor,
-    search: Search | None = None,
+    prepared: Bracket | None = None,
     halves: bool = False,
-    upper: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Stochastic rounding to a signed table of n ``points`` (x's dtype, ascending, padded).
 
     Only the two entries around x can come out (:func:`choose_stochastic`); beyond the
-    table the end entry; NaN stays NaN. ``search``, ``upper``: see :func:`bracket`.
+    table the end entry; NaN stays NaN. ``prepared``: see :func:`bracket`.
     """
-    lo, hi = bracket(x, points, n, search, upper)
+    lo, hi = bracket(x, points, n, prepared)
     q = choose_stochastic(x, lo, hi, noise, halves)
     return torch.where(isnan(x), x, q)
 
@@ -376,18 +426,17 @@ def round_mirrored_stochastic(
     points: torch.Tensor,
     n: int,
     noise: torch.Tensor,
-    search: Search | None = None,
+    prepared: Bracket | None = None,
     halves: bool = False,
-    upper: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Stochastic rounding of |x| among n ``points`` (magnitudes), x's sign put back.
 
     ``points`` (x's dtype, ascending, padded for search) are the table's magnitudes
-    without the 0 that only ±0 give; ±0 gives ±0. NaN stays NaN. ``search``, ``upper``:
-    see :func:`bracket`.
+    without the 0 that only ±0 give; ±0 gives ±0. NaN stays NaN. ``prepared``: see
+    :func:`bracket`.
     """
     y = x.abs()
-    lo, hi = bracket(y, points, n, search, upper)
+    lo, hi = bracket(y, points, n, prepared)
     q = choose_stochastic(y, lo, hi, noise, halves)
     q = torch.where(y == 0, y, q)
     q = torch.where(signbit(x), -q, q)

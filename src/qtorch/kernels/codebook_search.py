@@ -24,6 +24,7 @@ __all__ = [
     "WIDTH_MAX",
     "Search",
     "binary_search",
+    "bucket_of",
     "count_below",
     "gather",
     "gather_in_range",
@@ -198,17 +199,22 @@ def search_count(y: torch.Tensor, search: Search) -> torch.Tensor:
     return _bucket_count(y, search, search.base)[1]
 
 
+def bucket_of(y: torch.Tensor, search: Search) -> torch.Tensor:
+    """The bucket (int64) of each y in a two-level :class:`Search` (``search.buckets`` > 0)."""
+    bits = y.abs().view(torch.int32 if y.dtype == torch.float32 else torch.int64)
+    bucket = ((bits >> search.shift) - search.offset).clamp(0, search.buckets - 1)
+    if search.signed:
+        bucket = torch.where(signbit(y), search.buckets - 1 - bucket, search.buckets + bucket)
+    return bucket.long()
+
+
 def _bucket_count(
     y: torch.Tensor, search: Search, base: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(bucket of y, ``base[bucket]`` (0 without base) + how many of the bucket's thresholds
     y exceeds)."""
     assert search.window is not None
-    bits = y.abs().view(torch.int32 if y.dtype == torch.float32 else torch.int64)
-    bucket = ((bits >> search.shift) - search.offset).clamp(0, search.buckets - 1)
-    if search.signed:
-        bucket = torch.where(signbit(y), search.buckets - 1 - bucket, search.buckets + bucket)
-    bucket = bucket.long()
+    bucket = bucket_of(y, search)
     if base is None:
         count = torch.zeros_like(bucket, dtype=torch.int32)
     else:
