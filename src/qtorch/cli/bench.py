@@ -122,9 +122,8 @@ def resolve_formats(names: Sequence[str]) -> list[tuple[str, Any]]:
     return found
 
 
-#: Each measurement alternates the reference and the quantizer this many times; the ratio
-#: reported is the median of the per-round ratios (robust to a machine that gets busier).
-ROUNDS = 3
+#: At least this many (reference, quantizer) pairs are timed per measurement.
+MIN_PAIRS = 3
 
 
 def _time_path(
@@ -148,16 +147,19 @@ def _time_path(
         run()
         _sync(x.device)
         first = time.perf_counter() - start
-        # slow eager kernels on large tensors: fewer repeats, never fewer than three
+        # slow eager kernels on large tensors: fewer pairs, never fewer than MIN_PAIRS
         second = median_time(run, x.device, 1, max(0, warmup - 1))
-        reps = max(3, min(repeats, int(budget_s / max(second, 1e-9))))
-        rounds = [
-            (median_time(ref_fn, x.device, repeats, 1), median_time(run, x.device, reps, 0))
-            for _ in range(ROUNDS)
+        median_time(ref_fn, x.device, 1, warmup)
+        pairs = max(MIN_PAIRS, min(repeats, int(budget_s / max(second, 1e-9))))
+        # The reference and the quantizer alternate call by call, and the ratio is the
+        # median of the per-pair ratios: each pair sees the same state of the machine.
+        times = [
+            (median_time(ref_fn, x.device, 1, 0), median_time(run, x.device, 1, 0))
+            for _ in range(pairs)
         ]
-    ratio = statistics.median(t / ref for ref, t in rounds)
-    seconds = statistics.median(t for _, t in rounds)
-    ref_seconds = statistics.median(ref for ref, _ in rounds)
+    ratio = statistics.median(t / ref for ref, t in times)
+    seconds = statistics.median(t for _, t in times)
+    ref_seconds = statistics.median(ref for ref, _ in times)
     return seconds, ref_seconds, ratio, first
 
 
@@ -285,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
         env = environment(device)
         print(" ".join(f"{k}={v}" for k, v in env.items()))
         what = "device-to-device copy" if device.type == "cuda" else "torch.mul(x, 2.0)"
-        print(f"reference: {what} on the same tensor, measured before each row")
+        print(f"reference: {what} on the same tensor, timed alternately with each quantizer")
         print(HEADER)
         rows = measure(formats, sizes, device, repeats, warmup, paths, 0.2 if args.quick else 2.0)
         report["runs"].append({"environment": env, "rows": [asdict(r) for r in rows]})
@@ -321,7 +323,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FORMAT",
         help=f"families ({families}) or format specs like 'posit(16,1)' (default: all families)",
     )
-    parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=31,
+        help="timed (reference, quantizer) pairs per measurement",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (compile)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument(
