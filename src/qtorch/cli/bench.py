@@ -180,49 +180,68 @@ def measure(
     paths: Sequence[str] = ("eager", "fused"),
     budget_s: float = 2.0,
 ) -> list[Row]:
-    """Time every (format, rounding) at every size; print a line per row as it is done."""
-    rows = []
+    """Time every (format, rounding) at every size; print a line per row as it is done.
+
+    Every fused measurement (all sizes) comes before every eager one: the eager path's
+    large temporaries change the state of the C allocator, after which the reference's own
+    output may page-fault on every call (``torch.mul`` at 4,194,304 elements took 0.35 to
+    8 ms depending on what ran before), which would distort the fused ratios.
+    """
+    cases = [
+        (family, fmt, rounding)
+        for family, fmt in formats
+        for rounding in ROUNDINGS
+        if rounding in {r.value for r in fmt.roundings}
+    ]
+    inputs = {}
     for n in sizes:
-        gen = torch.Generator().manual_seed(n)
-        x = torch.randn(n, generator=gen).to(device)
-        reference, ref_fn = _reference(x)
-        for family, fmt in formats:
-            for rounding in ROUNDINGS:
-                if rounding not in {r.value for r in fmt.roundings}:
-                    continue
-                times = {
-                    path: _time_path(
-                        "compiled" if path == "fused" else "eager",
-                        x,
-                        fmt,
-                        rounding,
-                        ref_fn,
-                        repeats,
-                        warmup,
-                        budget_s,
-                    )
-                    for path in paths
-                }
-                eager, fused = times.get("eager"), times.get("fused")
-                refs = [t[1] for t in times.values()]
-                row = Row(
-                    family=family,
-                    format=repr(fmt),
-                    rounding=rounding,
-                    device=str(device),
-                    n=n,
-                    reference=reference,
-                    reference_ms=statistics.median(refs) * 1e3,
-                    eager_ms=None if eager is None else eager[0] * 1e3,
-                    fused_ms=None if fused is None else fused[0] * 1e3,
-                    eager_ratio=None if eager is None else eager[2],
-                    fused_ratio=None if fused is None else fused[2],
-                    fused_melem_s=None if fused is None else n / fused[0] / 1e6,
-                    first_call_s=None if fused is None else fused[3],
+        x = torch.randn(n, generator=torch.Generator().manual_seed(n)).to(device)
+        inputs[n] = (x, *_reference(x))
+    timed: dict[tuple[str, int, int], tuple[float, float, float, float]] = {}
+    rows = []
+    last = "eager" if "eager" in paths else "fused"  # rows are complete after this phase
+    for path in ("fused", "eager"):
+        if path not in paths:
+            continue
+        for n, (x, _, ref_fn) in inputs.items():
+            for i, (_, fmt, rounding) in enumerate(cases):
+                mode = "compiled" if path == "fused" else "eager"
+                timed[path, n, i] = _time_path(
+                    mode, x, fmt, rounding, ref_fn, repeats, warmup, budget_s
                 )
-                print(format_row(row), flush=True)
-                rows.append(row)
+                if path == last:
+                    rows.append(_row(cases[i], n, device, inputs[n][1], timed, i))
+                    print(format_row(rows[-1]), flush=True)
     return rows
+
+
+def _row(
+    case: tuple[str, Any, str],
+    n: int,
+    device: torch.device,
+    reference: str,
+    timed: dict[tuple[str, int, int], tuple[float, float, float, float]],
+    i: int,
+) -> Row:
+    """The row of case i at size n from the timings of its paths."""
+    family, fmt, rounding = case
+    eager, fused = timed.get(("eager", n, i)), timed.get(("fused", n, i))
+    refs = [t[1] for t in (eager, fused) if t is not None]
+    return Row(
+        family=family,
+        format=repr(fmt),
+        rounding=rounding,
+        device=str(device),
+        n=n,
+        reference=reference,
+        reference_ms=statistics.median(refs) * 1e3,
+        eager_ms=None if eager is None else eager[0] * 1e3,
+        fused_ms=None if fused is None else fused[0] * 1e3,
+        eager_ratio=None if eager is None else eager[2],
+        fused_ratio=None if fused is None else fused[2],
+        fused_melem_s=None if fused is None else n / fused[0] / 1e6,
+        first_call_s=None if fused is None else fused[3],
+    )
 
 
 def _num(value: float | None, spec: str) -> str:
