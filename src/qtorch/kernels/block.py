@@ -24,8 +24,8 @@ def block_max(x: torch.Tensor, dim: int) -> torch.Tensor:
     The maximum is taken over the bit patterns of |x| as integers, which order like the
     magnitudes, with every NaN above +Inf; so a block with a NaN gets a NaN (its payload
     may differ from the input's). An integer maximum compiles to a plain vector max,
-    while a float maximum must also propagate NaN (measured: 0.45 against 0.64 times
-    ``torch.mul`` for 4,194,304 float32).
+    while a float maximum must also propagate NaN (the maximum alone, compiled: 0.45
+    against 0.64 times ``torch.mul`` for 4,194,304 float32).
     """
     lay = layout(x.dtype)
     magnitude = x.view(lay.int_dtype) & ((1 << (lay.exponent_bits + lay.mantissa_bits)) - 1)

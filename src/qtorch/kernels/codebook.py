@@ -290,8 +290,9 @@ class Bracket(NamedTuple):
     :data:`~qtorch.kernels.codebook_search.UNROLL_MAX` of them as constants
     (``search.values``). For larger float32 tables bucketed with at most one point per
     bucket, ``inner`` and ``outer`` hold per bucket two float32 bit patterns each, packed
-    into one int64 (low half, high half): ``inner`` the bucket's point t (NaN if none) and
-    the point at its count, ``outer`` the points below and above (one gather each). Other
+    into one int64 (low half, high half): ``inner`` the one point t that values of the
+    bucket may reach (NaN past the last point) and the point at the bucket's count,
+    ``outer`` the points below and above (one gather each). Other
     bucketed tables: ``upper``, the upper point of each count laid out like the search's
     choices (which hold the lower point).
     """
