@@ -6,6 +6,8 @@ import argparse
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,18 @@ def test_gpu_check_dry_run_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert code == 0, out
     assert "FAIL" not in out and out.count("ok") >= 4
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git history")
+def test_ab_script_compares_with_a_commit() -> None:
+    args = ["--base", "HEAD", "--eager", "--size", "2000", "--pairs", "2", "--formats", "fixed"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/ab.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("FixedPoint")]
+    assert [line.split()[-5] for line in lines] == ["nearest", "stochastic"]
+    assert all(line.split()[-4] == "yes" for line in lines)  # the same code gives the same bits
