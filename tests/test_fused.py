@@ -135,15 +135,21 @@ def test_fused_other_dtypes(dtype: torch.dtype, rounding: Rounding, in_place: bo
     assert bits_equal(eager.float(), compiled.float())
 
 
-def test_new_sizes_do_not_recompile() -> None:
+@pytest.mark.parametrize(("name", "first", "shapes"), [
+    ("fixed", (5000,), [(5001, 3), (7, 3), (123457, 3), (2**16 + 1, 3), (99, 3)]),
+    ("block(8,0)", (40, 70), [(41, 70), (3, 1000), (257, 2), (40, 70)]),
+])  # fmt: skip
+def test_new_sizes_do_not_recompile(
+    name: str, first: tuple[int, ...], shapes: list[tuple[int, ...]]
+) -> None:
     from torch._dynamo.utils import counters
 
-    fmt = _format("fixed")
+    fmt = _format(name)
     with qtorch.kernel_mode("compiled"):
-        qtorch.quantize(torch.randn(5000), fmt)
+        qtorch.quantize(torch.randn(first), fmt)
         graphs = counters["stats"]["unique_graphs"]
-        for n in (5001, 7, 123457, 2**16 + 1, 99):
-            x = torch.randn(n, 3)
+        for shape in shapes:
+            x = torch.randn(shape)
             with qtorch.kernel_mode("eager"):
                 expected = qtorch.quantize(x, fmt)
             assert bits_equal(qtorch.quantize(x, fmt), expected)

@@ -232,12 +232,14 @@ def quantize_compiled(
     # The flat view of a row-major tensor keeps each element's row-major index, so the
     # noise made from the seed inside the kernel is the eager path's.
     arg = src.view(-1) if fmt.elementwise else src.view(src.shape)  # x itself is not marked
-    if key in _broken:
-        return eager()
     kern = _cache.get(key)
+    if kern is None and key in _broken:
+        return eager()
     try:
-        _mark_dynamic(arg)
         if kern is None:
+            # Only the compile needs the marks: the graph it makes has symbolic sizes, and
+            # later inputs of any size (unmarked) match it without recompiling.
+            _mark_dynamic(arg)
             # The first call compiles. Inductor's own deprecation notices are not the user's
             # business (and under ``-W error`` they would make every compile fail).
             with warnings.catch_warnings():
