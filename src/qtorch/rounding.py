@@ -14,9 +14,10 @@ def parse_option(cls: type[E], value: E | str, label: str) -> E:
     if isinstance(value, cls):
         return value
     if isinstance(value, str):
-        for member in cls:
-            if member.value == value.lower():
-                return member
+        try:
+            return cls(value.lower())  # a dict lookup (this runs on every quantize call)
+        except ValueError:
+            pass
     allowed = ", ".join(repr(m.value) for m in cls)
     raise ValueError(f"{label} must be one of {allowed}, got {value!r}")
 
