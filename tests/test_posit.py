@@ -399,3 +399,15 @@ def test_scale_overflow_and_underflow_saturate() -> None:
     x = torch.tensor([3e38, -3e38])
     assert huge.encode(x).tolist() == [127, -127]
     assert quantize(x, huge).tolist() == [huge.max, -huge.max]
+
+
+def test_input_requiring_grad_gets_a_result_in_its_graph() -> None:
+    # As for every format: the eager ops keep the graph; rounding is a step function, so the
+    # gradient through it is zero (straight-through estimators are qtorch.quant.quantizer's).
+    x = (torch.randn(3000) * 4).requires_grad_()
+    q = quantize(x, Posit(8, 2))
+    assert q.requires_grad
+    q.sum().backward()
+    assert x.grad is not None and torch.equal(x.grad, torch.zeros_like(x))
+    with torch.no_grad():
+        assert bits_equal(q.detach(), quantize(x, Posit(8, 2)))

@@ -183,25 +183,23 @@ def round_posit(
 
 def _signed_with_specials(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The magnitudes q (a fresh tensor, overwritten) with x's sign; +0 for ±0, NaN for ±Inf
-    and NaN (the positive quiet NaN), all decided on x's own bits (x * scale may over- or
-    underflow).
+    and NaN, all decided on x's own bits (x * scale may over- or underflow).
 
-    Integer arithmetic only (a clamp turns "nonzero" and "special" into 0 or 1): eager
-    comparisons, ``where`` and ``masked_fill`` build boolean tensors, which on the CPU cost
-    5-30 times an integer operation.
+    Integer arithmetic where eager code would need boolean masks (a clamp turns "nonzero"
+    and "special" into 0 or 1): eager comparisons, ``where`` and ``masked_fill`` build
+    boolean tensors, which on the CPU cost 5-30 times an integer operation. The sign comes
+    from ``torch.copysign`` (so an input that requires grad gets a result in its autograd
+    graph, as with every format), and adding +0 turns the -0 of a negative zero into +0.
     """
     lay = layout(x.dtype)
-    raw = x.view(lay.int_dtype)
-    magnitude = raw & ((1 << (lay.exponent_bits + lay.mantissa_bits)) - 1)
+    magnitude = x.view(lay.int_dtype) & ((1 << (lay.exponent_bits + lay.mantissa_bits)) - 1)
     infinity = ((1 << lay.exponent_bits) - 1) << lay.mantissa_bits
     quiet_nan = infinity | (1 << (lay.mantissa_bits - 1))
     nonzero = magnitude.clamp(max=1)
     special = magnitude.sub_(infinity - 1).clamp_(0, 1)  # magnitude is not needed any more
-    sign = raw & (-1 << (lay.exponent_bits + lay.mantissa_bits))  # the sign bit alone
-    sign = sign.mul_(nonzero - special)  # kept for nonzero finite x only
-    bits = q.view(lay.int_dtype).mul_(nonzero)  # +0 for ±0; maxpos (< Inf) for specials
-    bits = torch.maximum(bits, special.mul_(quiet_nan), out=bits)
-    return bits.bitwise_or_(sign).view(x.dtype)
+    bits = q.view(lay.int_dtype).mul_(nonzero)  # 0 for ±0; maxpos (< Inf) for specials
+    bits = torch.maximum(bits, special.mul_(quiet_nan), out=bits)  # NaN for specials
+    return torch.copysign(bits.view(x.dtype), x) + 0.0  # not in place: copysign saves it
 
 
 def encode_posit(x: torch.Tensor, nsize: int, es: int, scale: float) -> torch.Tensor:
