@@ -5,7 +5,8 @@ fresh allocation that page-faults on first touch (the allocator hands large bloc
 the system), and a kernel of 20–40 operations over 4,194,304 float32 then spends most of
 its time faulting and streaming memory: 50–60 ms for a posit, 40–55 ms for a float format.
 Run on pieces of :data:`CHUNK` elements, the temporaries stay in the cache and are reused
-by the allocator: 15–17 ms and 9–10 ms. The result is bit for bit the same, because the
+by the allocator: 15–17 ms and 9–10 ms (2 threads; the posit kernel, rid of its boolean
+masks since, now takes 11–13 ms). The result is bit for bit the same, because the
 formats that are split this way (``Format.elementwise``) compute each output element from
 the same input element and its noise only, and the noise of every piece is the slice of
 the whole tensor's noise (:func:`qtorch.kernels.noise.uniform_range`).
