@@ -88,6 +88,18 @@ def test_fused_matches_eager(name: str, rounding: Rounding) -> None:
     _check_family(name, rounding)
 
 
+@pytest.mark.parametrize("rounding", DEFAULT_ROUNDINGS, ids=lambda r: r.value)
+@pytest.mark.parametrize("name", ["block(8,0)", "mx"])
+def test_fused_per_block_factors_match_eager(name: str, rounding: Rounding) -> None:
+    """The kernels that store per-block factors (qtorch.kernels.per_block) on 1-D inputs,
+    where block(8,0) makes every element its own block (a layout Inductor once
+    miscompiled), and on rows that end in a padded MX block."""
+    fmt = _format(name)
+    for x in (torch.randn(100) * 4, torch.randn(8198), torch.randn(3, 45) * 100):
+        eager, compiled = _both(x, fmt, rounding)
+        assert bits_equal(eager, compiled), (name, rounding, tuple(x.shape))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("rounding", DEFAULT_ROUNDINGS, ids=lambda r: r.value)
 @pytest.mark.parametrize("name", FORMAT_NAMES)

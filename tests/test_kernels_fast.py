@@ -22,6 +22,7 @@ from qtorch.formats.block import BlockFloatingPoint
 from qtorch.formats.fixed import FixedPoint
 from qtorch.formats.floating import FloatingPoint
 from qtorch.kernels.bits import exponent, isnan, layout, mul_pow2, signbit
+from qtorch.kernels.per_block import stored
 from qtorch.kernels.round import round_fraction_bits, round_scaled, round_to_quantum
 from qtorch.rounding import Rounding
 
@@ -187,3 +188,11 @@ def test_compiled_kernel_is_bitwise_eager(fmt: Format, rounding: Rounding) -> No
         warnings.simplefilter("ignore")
         fused = compiled(x, noise)
     assert bits_equal(fused, fmt.quantize_kernel(x, rounding, noise))
+
+
+def test_stored_returns_the_factors_and_needs_two() -> None:
+    a, b = torch.randn(5, 3), torch.randn(5, 3)
+    out = stored(a, b)
+    assert len(out) == 2 and bits_equal(out[0], a) and bits_equal(out[1], b)
+    with pytest.raises(ValueError, match="two or more"):
+        stored(a)

@@ -11,6 +11,7 @@ import torch
 
 from qtorch.kernels.bits import exponent, layout, pow2, signbit
 from qtorch.kernels.fixed import largest_grid_value
+from qtorch.kernels.per_block import stored
 from qtorch.kernels.round import round_integer
 from qtorch.rounding import Rounding
 
@@ -65,7 +66,14 @@ def quantize_block(
     top = block_max(x, dim)
     quantum_exp = exponent(top) + (2 - wl)  # per block; NaN/Inf blocks: harmless, see below
     half = quantum_exp >> 1  # floor(quantum_exp / 2): a shift vectorizes, division does not
-    magnitude = x.abs() * pow2(-half, x.dtype) * pow2(half - quantum_exp, x.dtype)
+    nan_if_special = torch.where(top < math.inf, 1.0, math.nan).to(x.dtype)
+    down_1, down_2, up_1, up_2 = stored(
+        pow2(-half, x.dtype),
+        pow2(half - quantum_exp, x.dtype),
+        pow2(half, x.dtype) * nan_if_special,
+        pow2(quantum_exp - half, x.dtype),
+    )
+    magnitude = x.abs() * down_1 * down_2
     if rounding in (Rounding.STOCHASTIC, Rounding.DOWN, Rounding.UP):
         # an underflowed (to zero) magnitude rounds like any magnitude below the noise's
         # resolution: stand in 2**-(p + 8) for it
@@ -76,6 +84,4 @@ def quantize_block(
     # then the step is finer than the ulp of the block's top binade, the only elements the
     # clamp can touch, so they were not rounded and the clamp changes nothing
     k = k.clamp(max=largest_grid_value((1 << (wl - 1)) - 1, 0, x.dtype))
-    nan_if_special = torch.where(top < math.inf, 1.0, math.nan).to(x.dtype)
-    scale = pow2(half, x.dtype) * nan_if_special
-    return torch.copysign(k * scale * pow2(quantum_exp - half, x.dtype), x)
+    return torch.copysign(k * up_1 * up_2, x)
