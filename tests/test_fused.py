@@ -241,6 +241,8 @@ def fresh_fused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fused, "_cache", {})
     monkeypatch.setattr(fused, "_broken", set())
     monkeypatch.setattr(fused, "_warned", False)
+    monkeypatch.setattr(fused, "_timings", {})
+    monkeypatch.setattr(fused, "_faster", {})
 
 
 def _raise_at_compile(fn: object) -> object:
@@ -375,6 +377,52 @@ def test_auto_compiles_only_hot_quantizers(monkeypatch: pytest.MonkeyPatch) -> N
             if compiled:
                 break
     assert len(compiled) == 1 and compiled[0].startswith("quantize_FixedPoint_nearest")
+
+
+@pytest.mark.usefixtures("fresh_fused")
+@pytest.mark.parametrize("faster", ["eager", "compiled"])
+def test_auto_keeps_the_faster_path_per_size_class(
+    monkeypatch: pytest.MonkeyPatch, faster: str
+) -> None:
+    """A fake clock makes one path 10x faster; "auto" must settle on it for each size class
+    it timed (and only below MEASURE_BELOW), with the same bits on every call."""
+    now = [0.0]
+    ran: list[str] = []
+    cost = {"eager": 1.0, "compiled": 1.0}
+    cost["compiled" if faster == "eager" else "eager"] = 10.0
+    eager_run, compiled_run = qtorch.kernels.eager.run, fused.quantize_compiled
+
+    def timed(path: str, run: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def wrapper(*args: object, **kwargs: object) -> torch.Tensor:
+            ran.append(path)
+            now[0] += cost[path]
+            return run(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(fused, "_compile", lambda fn: fn)  # dispatch only: run uncompiled
+    monkeypatch.setattr(fused, "compile_available", lambda device_type: True)
+    monkeypatch.setattr(fused, "_clock", lambda: now[0])
+    monkeypatch.setattr(qtorch.kernels.eager, "run", timed("eager", eager_run))
+    monkeypatch.setattr(fused, "quantize_compiled", timed("compiled", compiled_run))
+    fmt = _format("fixed")
+    small, other, large = (torch.randn(n) * 4 for n in (3000, 70_000, fused.MEASURE_BELOW))
+    with qtorch.kernel_mode("eager"):
+        expected = [qtorch.quantize(t, fmt) for t in (small, other, large)]
+    with qtorch.kernel_mode("compiled"):
+        qtorch.quantize(small, fmt)  # the quantizer is compiled now
+    with qtorch.kernel_mode("auto"):
+        for t, want in zip((small, other, large), expected, strict=True):
+            ran.clear()
+            for _ in range(6):
+                assert bits_equal(qtorch.quantize(t, fmt), want)
+            if t is large:
+                assert ran == ["compiled"] * 6  # never timed
+            elif faster == "compiled":  # eager 10x slower: decided after one call each
+                assert ran == ["compiled", "eager", *["compiled"] * 4], ran
+            else:  # three calls each, alternating; then only eager
+                assert ran == ["compiled", "eager"] * 3, ran
+                assert bits_equal(qtorch.quantize(t, fmt), want) and ran[-1] == "eager"
 
 
 def test_autograd_input_keeps_eager_graph() -> None:
