@@ -7,13 +7,15 @@ never change a block maximum, and the padding is dropped again). Per-block tenso
 shape with ``dim`` shortened to the number of blocks, ``ceil(n / block_size)``.
 
 Speed (compiled path): the block maxima are taken on x with ``dim`` split into
-``(n_blocks, block_size)`` (:func:`to_blocks`, a view unless padding is needed); the
-per-block factors are computed from them once per block into a small buffer
+``(n_blocks, block_size)`` (:func:`to_blocks`, a view unless padding is needed). For MX the
+per-block factors are then computed once per block into a small buffer
 (:func:`qtorch.kernels.per_block.stored`), and the element pass runs on the same split view,
-reading one factor per block. Inductor turns that into a vectorized loop over each block's
-elements with no per-element index arithmetic. (Computing the factors inside that loop
-instead recomputes them for every vector of elements: A/B 1.15 for MX nearest, and a
-single loop that also takes each block's maximum measured 1.29.)
+reading one factor per block: a vectorized loop over each block's elements with no
+per-element index arithmetic. (Computing the factors inside that loop instead recomputes
+them for every vector of elements: A/B 1.15 for MX nearest; a single loop that also takes
+each block's maximum measured 1.29.) NVFP4's block of 16 is one vector, so its scale is
+computed once per block anyway; its element pass runs on x with the scales repeated along
+``dim`` (:func:`expand_blocks`).
 """
 
 from __future__ import annotations
