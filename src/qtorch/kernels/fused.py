@@ -210,9 +210,9 @@ def quantize(
         if key not in _cache:
             spent = _eager_seconds.get(key, 0.0)
             if spent < AUTO_COMPILE_AFTER_S:
-                start = time.perf_counter()
+                start = _clock()
                 result = eager()
-                _eager_seconds[key] = spent + time.perf_counter() - start
+                _eager_seconds[key] = spent + _clock() - start
                 return result
         elif x.device.type == "cpu" and x.numel() < MEASURE_BELOW:
             return _faster_path(x, fmt, rounding, seed, inplace, eager, key)
