@@ -35,8 +35,20 @@ def test_bench_quick_runs_and_writes_json(
     }
     for row in rows:
         assert row["family"] == "fixed" and row["reference"] == "mul"
-        for key in ("reference_ms", "eager_ms", "fused_ms", "eager_ratio", "fused_ratio"):
+        for key in (
+            "reference_ms",
+            "clone_ms",
+            "eager_ms",
+            "fused_ms",
+            "eager_ratio",
+            "fused_ratio",
+            "eager_clone_ratio",
+            "fused_clone_ratio",
+            "fused_speedup",
+        ):
             assert math.isfinite(row[key]) and row[key] > 0
+        assert row["fused_speedup"] == pytest.approx(row["eager_ms"] / row["fused_ms"])
+    assert "x.clone()" in captured.out and "eager/fused" in captured.out
 
 
 def test_bench_script_and_subcommand_parse(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,9 +1,11 @@
 """``qtorch bench``: time every quantizer against the memory-bound limit.
 
 For each format family and rounding mode, at each size, the median time of the eager and
-the fused (compiled) path after warm-up, in elements per second and as a ratio to the
-cheapest elementwise pass on the same tensor in the same run: ``torch.mul(x, 2.0)`` on the
-CPU (a quantizer that returns a new tensor cannot beat it), a device-to-device copy on CUDA.
+the fused (compiled) path after warm-up, in elements per second, as ratios to two passes
+over the same tensor timed in the same run: the cheapest elementwise pass,
+``torch.mul(x, 2.0)`` on the CPU (a quantizer that returns a new tensor cannot beat it) or
+a device-to-device copy on CUDA, and ``x.clone()``; and the fused path's speedup over the
+eager one.
 """
 
 from __future__ import annotations
@@ -76,10 +78,15 @@ class Row:
     n: int
     reference: str
     reference_ms: float
+    clone_ms: float
     eager_ms: float | None
     fused_ms: float | None
     eager_ratio: float | None
     fused_ratio: float | None
+    eager_clone_ratio: float | None
+    fused_clone_ratio: float | None
+    #: eager ms / fused ms: how many times faster the fused path is
+    fused_speedup: float | None
     fused_melem_s: float | None
     first_call_s: float | None
 
@@ -122,8 +129,20 @@ def resolve_formats(names: Sequence[str]) -> list[tuple[str, Any]]:
     return found
 
 
-#: At least this many (reference, quantizer) pairs are timed per measurement.
-MIN_PAIRS = 3
+#: At least this many (reference, clone, quantizer) triples are timed per measurement.
+MIN_TRIPLES = 3
+
+
+@dataclass
+class Timing:
+    """One kernel mode of one row: medians over the timed triples (reference, clone, run)."""
+
+    seconds: float
+    reference_s: float
+    clone_s: float
+    ratio: float  # median of the per-triple ratios run / reference
+    clone_ratio: float  # median of the per-triple ratios run / clone
+    first_call_s: float
 
 
 def _time_path(
@@ -131,44 +150,54 @@ def _time_path(
     x: torch.Tensor,
     fmt: Any,
     rounding: str,
-    ref_fn: Callable[[], Any],
+    references: tuple[Callable[[], Any], Callable[[], Any]],
     repeats: int,
     warmup: int,
     budget_s: float,
-) -> tuple[float, float, float, float]:
-    """(median s, reference median s, median ratio, first-call s) of one kernel mode."""
+) -> Timing:
+    """Time ``qtorch.quantize`` in one kernel mode against the two reference passes."""
     import qtorch
 
     def run() -> Any:
         return qtorch.quantize(x, fmt, rounding)
 
+    ref_fn, clone_fn = references
     with qtorch.kernel_mode(mode):
         start = time.perf_counter()
         run()
         _sync(x.device)
         first = time.perf_counter() - start
-        # slow eager kernels on large tensors: fewer pairs, never fewer than MIN_PAIRS
+        # slow eager kernels on large tensors: fewer triples, never fewer than MIN_TRIPLES
         second = median_time(run, x.device, 1, max(0, warmup - 1))
         median_time(ref_fn, x.device, 1, warmup)
-        pairs = max(MIN_PAIRS, min(repeats, int(budget_s / max(second, 1e-9))))
-        # The reference and the quantizer alternate call by call, and the ratio is the
-        # median of the per-pair ratios: each pair sees the same state of the machine.
+        median_time(clone_fn, x.device, 1, warmup)
+        count = max(MIN_TRIPLES, min(repeats, int(budget_s / max(second, 1e-9))))
+        # The references and the quantizer alternate call by call, and each ratio is the
+        # median of the per-triple ratios: the three calls see the same state of the machine.
         times = [
-            (median_time(ref_fn, x.device, 1, 0), median_time(run, x.device, 1, 0))
-            for _ in range(pairs)
+            tuple(median_time(fn, x.device, 1, 0) for fn in (ref_fn, clone_fn, run))
+            for _ in range(count)
         ]
-    ratio = statistics.median(t / ref for ref, t in times)
-    seconds = statistics.median(t for _, t in times)
-    ref_seconds = statistics.median(ref for ref, _ in times)
-    return seconds, ref_seconds, ratio, first
+    return Timing(
+        seconds=statistics.median(t for _, _, t in times),
+        reference_s=statistics.median(ref for ref, _, _ in times),
+        clone_s=statistics.median(clone for _, clone, _ in times),
+        ratio=statistics.median(t / ref for ref, _, t in times),
+        clone_ratio=statistics.median(t / clone for _, clone, t in times),
+        first_call_s=first,
+    )
 
 
-def _reference(x: torch.Tensor) -> tuple[str, Callable[[], Any]]:
-    """The memory-bound reference pass on x: a copy on CUDA, ``torch.mul(x, 2.0)`` else."""
+def _reference(x: torch.Tensor) -> tuple[str, Callable[[], Any], Callable[[], Any]]:
+    """The reference passes on x: (name, the memory-bound pass, ``x.clone()``).
+
+    The memory-bound pass is a device-to-device copy on CUDA, ``torch.mul(x, 2.0)`` else.
+    """
+    clone = x.clone
     if x.device.type == "cuda":
         out = torch.empty_like(x)
-        return "copy", lambda: out.copy_(x)
-    return "mul", lambda: torch.mul(x, 2.0)
+        return "copy", lambda: out.copy_(x), clone
+    return "mul", lambda: torch.mul(x, 2.0), clone
 
 
 def measure(
@@ -197,17 +226,17 @@ def measure(
     for n in sizes:
         x = torch.randn(n, generator=torch.Generator().manual_seed(n)).to(device)
         inputs[n] = (x, *_reference(x))
-    timed: dict[tuple[str, int, int], tuple[float, float, float, float]] = {}
+    timed: dict[tuple[str, int, int], Timing] = {}
     rows = []
     last = "eager" if "eager" in paths else "fused"  # rows are complete after this phase
     for path in ("fused", "eager"):
         if path not in paths:
             continue
-        for n, (x, _, ref_fn) in inputs.items():
+        for n, (x, _, ref_fn, clone_fn) in inputs.items():
             for i, (_, fmt, rounding) in enumerate(cases):
                 mode = "compiled" if path == "fused" else "eager"
                 timed[path, n, i] = _time_path(
-                    mode, x, fmt, rounding, ref_fn, repeats, warmup, budget_s
+                    mode, x, fmt, rounding, (ref_fn, clone_fn), repeats, warmup, budget_s
                 )
                 if path == last:
                     rows.append(_row(cases[i], n, device, inputs[n][1], timed, i))
@@ -220,13 +249,13 @@ def _row(
     n: int,
     device: torch.device,
     reference: str,
-    timed: dict[tuple[str, int, int], tuple[float, float, float, float]],
+    timed: dict[tuple[str, int, int], Timing],
     i: int,
 ) -> Row:
     """The row of case i at size n from the timings of its paths."""
     family, fmt, rounding = case
     eager, fused = timed.get(("eager", n, i)), timed.get(("fused", n, i))
-    refs = [t[1] for t in (eager, fused) if t is not None]
+    done = [t for t in (eager, fused) if t is not None]
     return Row(
         family=family,
         format=repr(fmt),
@@ -234,13 +263,17 @@ def _row(
         device=str(device),
         n=n,
         reference=reference,
-        reference_ms=statistics.median(refs) * 1e3,
-        eager_ms=None if eager is None else eager[0] * 1e3,
-        fused_ms=None if fused is None else fused[0] * 1e3,
-        eager_ratio=None if eager is None else eager[2],
-        fused_ratio=None if fused is None else fused[2],
-        fused_melem_s=None if fused is None else n / fused[0] / 1e6,
-        first_call_s=None if fused is None else fused[3],
+        reference_ms=statistics.median(t.reference_s for t in done) * 1e3,
+        clone_ms=statistics.median(t.clone_s for t in done) * 1e3,
+        eager_ms=None if eager is None else eager.seconds * 1e3,
+        fused_ms=None if fused is None else fused.seconds * 1e3,
+        eager_ratio=None if eager is None else eager.ratio,
+        fused_ratio=None if fused is None else fused.ratio,
+        eager_clone_ratio=None if eager is None else eager.clone_ratio,
+        fused_clone_ratio=None if fused is None else fused.clone_ratio,
+        fused_speedup=None if eager is None or fused is None else eager.seconds / fused.seconds,
+        fused_melem_s=None if fused is None else n / fused.seconds / 1e6,
+        first_call_s=None if fused is None else fused.first_call_s,
     )
 
 
@@ -249,8 +282,9 @@ def _num(value: float | None, spec: str) -> str:
 
 
 HEADER = (
-    f"{'family':<12} {'rounding':<10} {'n':>10} {'ref ms':>8} {'eager ms':>9} {'fused ms':>9} "
-    f"{'eager/ref':>9} {'fused/ref':>9} {'fused Me/s':>10} {'1st call s':>10}"
+    f"{'family':<12} {'rounding':<10} {'n':>10} {'ref ms':>8} {'clone ms':>8} {'eager ms':>9} "
+    f"{'fused ms':>9} {'eager/ref':>9} {'fused/ref':>9} {'eager/clone':>11} {'fused/clone':>11} "
+    f"{'eager/fused':>11} {'fused Me/s':>10} {'1st call s':>10}"
 )
 
 
@@ -258,8 +292,10 @@ def format_row(row: Row) -> str:
     """One line of the printed table."""
     return (
         f"{row.family:<12} {row.rounding:<10} {row.n:>10} {row.reference_ms:>8.3f} "
-        f"{_num(row.eager_ms, '9.3f')} {_num(row.fused_ms, '9.3f')} "
+        f"{row.clone_ms:>8.3f} {_num(row.eager_ms, '9.3f')} {_num(row.fused_ms, '9.3f')} "
         f"{_num(row.eager_ratio, '9.2f')} {_num(row.fused_ratio, '9.2f')} "
+        f"{_num(row.eager_clone_ratio, '11.2f')} {_num(row.fused_clone_ratio, '11.2f')} "
+        f"{_num(row.fused_speedup, '11.2f')} "
         f"{_num(row.fused_melem_s, '10.0f')} {_num(row.first_call_s, '10.2f')}"
     )
 
@@ -306,7 +342,10 @@ def run(args: argparse.Namespace) -> int:
         env = environment(device)
         print(" ".join(f"{k}={v}" for k, v in env.items()))
         what = "device-to-device copy" if device.type == "cuda" else "torch.mul(x, 2.0)"
-        print(f"reference: {what} on the same tensor, timed alternately with each quantizer")
+        print(
+            f"reference (ref): {what}; clone: x.clone(); both on the same tensor, timed "
+            "alternately with each quantizer call; eager/fused: the fused path's speedup"
+        )
         print(HEADER)
         rows = measure(formats, sizes, device, repeats, warmup, paths, 0.2 if args.quick else 2.0)
         report["runs"].append({"environment": env, "rows": [asdict(r) for r in rows]})
@@ -346,7 +385,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeats",
         type=int,
         default=31,
-        help="timed (reference, quantizer) pairs per measurement",
+        help="timed (reference, clone, quantizer) triples per measurement",
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (compile)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
