@@ -8,9 +8,11 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from qtorch.cli import bench
 
@@ -49,6 +51,51 @@ def test_bench_quick_runs_and_writes_json(
             assert math.isfinite(row[key]) and row[key] > 0
         assert row["fused_speedup"] == pytest.approx(row["eager_ms"] / row["fused_ms"])
     assert "x.clone()" in captured.out and "eager/fused" in captured.out
+
+
+def test_triples_rotate_the_order_and_keep_the_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    durations = {"ref": 1.0, "clone": 2.0, "run": 3.0}
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def fn(name: str) -> Callable[[], None]:
+        def call() -> None:
+            calls.append(name)
+            now[0] += durations[name]
+
+        return call
+
+    monkeypatch.setattr(bench, "_clock", clock)
+    fns = (fn("ref"), fn("clone"), fn("run"))
+    for rotation in range(3):
+        calls.clear()
+        assert bench._triple(fns, rotation, torch.device("cpu")) == (1.0, 2.0, 3.0)
+        expected = ["ref", "clone", "run"][rotation:] + ["ref", "clone", "run"][:rotation]
+        assert calls == expected
+
+
+def test_ab_pairs_alternate_the_order() -> None:
+    spec = importlib.util.spec_from_file_location("ab_script", ROOT / "benchmarks/ab.py")
+    assert spec is not None and spec.loader is not None
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    calls: list[str] = []
+    now = [0.0]
+
+    def new() -> None:
+        calls.append("new")
+        now[0] += 3.0
+
+    def base() -> None:
+        calls.append("base")
+        now[0] += 2.0
+
+    ratios = ab.compare(new, base, (), 4, lambda: now[0])
+    assert ratios == [1.5] * 4
+    assert calls == ["new", "base", "base", "new", "new", "base", "base", "new"]
 
 
 def test_bench_script_and_subcommand_parse(capsys: pytest.CaptureFixture[str]) -> None:

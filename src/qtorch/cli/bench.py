@@ -174,10 +174,9 @@ def _time_path(
         count = max(MIN_TRIPLES, min(repeats, int(budget_s / max(second, 1e-9))))
         # The references and the quantizer alternate call by call, and each ratio is the
         # median of the per-triple ratios: the three calls see the same state of the machine.
-        times = [
-            tuple(median_time(fn, x.device, 1, 0) for fn in (ref_fn, clone_fn, run))
-            for _ in range(count)
-        ]
+        # The order rotates from triple to triple, since a call runs in the state the one
+        # before it leaves (its freed output, the cache).
+        times = [_triple((ref_fn, clone_fn, run), i, x.device) for i in range(count)]
     return Timing(
         seconds=statistics.median(t for _, _, t in times),
         reference_s=statistics.median(ref for ref, _, _ in times),
@@ -186,6 +185,19 @@ def _time_path(
         clone_ratio=statistics.median(t / clone for _, clone, t in times),
         first_call_s=first,
     )
+
+
+def _triple(
+    fns: tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]],
+    rotation: int,
+    device: torch.device,
+) -> tuple[float, float, float]:
+    """The times of one call of each of ``fns``, made in rotated order, in ``fns``'s order."""
+    seconds = [0.0, 0.0, 0.0]
+    for k in range(3):
+        j = (k + rotation) % 3
+        seconds[j] = median_time(fns[j], device, 1, 0)
+    return seconds[0], seconds[1], seconds[2]
 
 
 def _reference(x: torch.Tensor) -> tuple[str, Callable[[], Any], Callable[[], Any]]:
