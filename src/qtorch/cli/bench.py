@@ -11,6 +11,7 @@ eager one.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -174,8 +175,7 @@ def _time_path(
         count = max(MIN_TRIPLES, min(repeats, int(budget_s / max(second, 1e-9))))
         # The references and the quantizer alternate call by call, and each ratio is the
         # median of the per-triple ratios: the three calls see the same state of the machine.
-        # The order rotates from triple to triple, since a call runs in the state the one
-        # before it leaves (its freed output, the cache).
+        # The order changes from triple to triple (ORDERS).
         times = [_triple((ref_fn, clone_fn, run), i, x.device) for i in range(count)]
     return Timing(
         seconds=statistics.median(t for _, _, t in times),
@@ -187,15 +187,20 @@ def _time_path(
     )
 
 
+#: The orders of one timed triple: all six, in turn, so that each call runs equally often
+#: after each of the others (a call runs in the state the previous one leaves: its freed
+#: output, the cache).
+ORDERS = tuple(itertools.permutations(range(3)))
+
+
 def _triple(
     fns: tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]],
-    rotation: int,
+    index: int,
     device: torch.device,
 ) -> tuple[float, float, float]:
-    """The times of one call of each of ``fns``, made in rotated order, in ``fns``'s order."""
+    """One call of each of ``fns``, in order ``ORDERS[index % 6]``; their times in fns's order."""
     seconds = [0.0, 0.0, 0.0]
-    for k in range(3):
-        j = (k + rotation) % 3
+    for j in ORDERS[index % len(ORDERS)]:
         seconds[j] = median_time(fns[j], device, 1, 0)
     return seconds[0], seconds[1], seconds[2]
 
