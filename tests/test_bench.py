@@ -75,6 +75,28 @@ def test_triples_take_every_order_and_keep_the_columns(monkeypatch: pytest.Monke
     assert len(orders) == 6 and all(sorted(o) == ["clone", "ref", "run"] for o in orders)
 
 
+def test_rounds_pool_their_triples(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, int, int, float]] = []
+
+    def fake_time_path(mode, x, fmt, rounding, references, repeats, warmup, budget_s):
+        seen.append((mode, repeats, warmup, budget_s))
+        k = len(seen)  # round r of the fused path returns quantizer times r + 1 ms (ref 1 ms)
+        return [(1e-3, 2e-3, k * 1e-3)] * repeats, 10.0 * k
+
+    monkeypatch.setattr(bench, "_time_path", fake_time_path)
+    formats = bench.resolve_formats(["fixed"])
+    rows = bench.measure(formats, [100], torch.device("cpu"), 7, 3, ("fused",), 3.0, rounds=3)
+    # two roundings, three rounds each: ceil(7 / 3) = 3 triples a round, a third of the budget,
+    # the full warm-up in the first round only
+    assert [(m, r, w) for m, r, w, _ in seen] == [("compiled", 3, 3)] * 2 + [("compiled", 3, 1)] * 4
+    assert all(b == pytest.approx(1.0) for *_, b in seen)
+    nearest, stochastic = rows
+    # nearest got calls 1, 3, 5 (quantizer 1, 3, 5 ms): median 3 ms over the nine triples
+    assert nearest.fused_ms == pytest.approx(3.0) and nearest.fused_ratio == pytest.approx(3.0)
+    assert nearest.fused_clone_ratio == pytest.approx(1.5) and nearest.first_call_s == 10.0
+    assert stochastic.fused_ms == pytest.approx(4.0) and stochastic.first_call_s == 20.0
+
+
 def test_ab_pairs_alternate_the_order() -> None:
     spec = importlib.util.spec_from_file_location("ab_script", ROOT / "benchmarks/ab.py")
     assert spec is not None and spec.loader is not None

@@ -134,6 +134,9 @@ def resolve_formats(names: Sequence[str]) -> list[tuple[str, Any]]:
 MIN_TRIPLES = 3
 
 
+Triple = tuple[float, float, float]  # seconds of (reference, clone, quantizer) in one go
+
+
 @dataclass
 class Timing:
     """One kernel mode of one row: medians over the timed triples (reference, clone, run)."""
@@ -145,6 +148,18 @@ class Timing:
     clone_ratio: float  # median of the per-triple ratios run / clone
     first_call_s: float
 
+    @classmethod
+    def of(cls, times: Sequence[Triple], first_call_s: float) -> Timing:
+        """Medians of the triples ``times`` (from every round)."""
+        return cls(
+            seconds=statistics.median(t for _, _, t in times),
+            reference_s=statistics.median(ref for ref, _, _ in times),
+            clone_s=statistics.median(clone for _, clone, _ in times),
+            ratio=statistics.median(t / ref for ref, _, t in times),
+            clone_ratio=statistics.median(t / clone for _, clone, t in times),
+            first_call_s=first_call_s,
+        )
+
 
 def _time_path(
     mode: str,
@@ -155,8 +170,14 @@ def _time_path(
     repeats: int,
     warmup: int,
     budget_s: float,
-) -> Timing:
-    """Time ``qtorch.quantize`` in one kernel mode against the two reference passes."""
+) -> tuple[list[Triple], float]:
+    """Time ``qtorch.quantize`` in one kernel mode against the two reference passes.
+
+    Returns the timed triples and the time of the first call (the compile, in the first
+    round). ``warmup`` untimed calls of each come first; at most ``repeats`` triples are
+    timed, fewer when the quantizer would take more than ``budget_s`` for them, never
+    fewer than :data:`MIN_TRIPLES`.
+    """
     import qtorch
 
     def run() -> Any:
@@ -177,14 +198,7 @@ def _time_path(
         # median of the per-triple ratios: the three calls see the same state of the machine.
         # The order changes from triple to triple (ORDERS).
         times = [_triple((ref_fn, clone_fn, run), i, x.device) for i in range(count)]
-    return Timing(
-        seconds=statistics.median(t for _, _, t in times),
-        reference_s=statistics.median(ref for ref, _, _ in times),
-        clone_s=statistics.median(clone for _, clone, _ in times),
-        ratio=statistics.median(t / ref for ref, _, t in times),
-        clone_ratio=statistics.median(t / clone for _, clone, t in times),
-        first_call_s=first,
-    )
+    return times, first
 
 
 #: The orders of one timed triple: all six, in turn, so that each call runs equally often
@@ -225,6 +239,7 @@ def measure(
     warmup: int,
     paths: Sequence[str] = ("eager", "fused"),
     budget_s: float = 2.0,
+    rounds: int = 1,
 ) -> list[Row]:
     """Time every (format, rounding) at every size; print a line per row as it is done.
 
@@ -232,6 +247,11 @@ def measure(
     large temporaries change the state of the C allocator, after which the reference's own
     output may page-fault on every call (``torch.mul`` at 4,194,304 elements took 0.35 to
     8 ms depending on what ran before), which would distort the fused ratios.
+
+    Each path is measured in ``rounds`` rounds over all rows, each round timing about
+    ``repeats / rounds`` triples of every row within ``budget_s / rounds``; a row's medians
+    are over its triples from all rounds, so that they sample the machine's state over the
+    whole phase rather than over the fraction of a second one row takes.
     """
     cases = [
         (family, fmt, rounding)
@@ -243,21 +263,37 @@ def measure(
     for n in sizes:
         x = torch.randn(n, generator=torch.Generator().manual_seed(n)).to(device)
         inputs[n] = (x, *_reference(x))
+    per_round = -(-repeats // rounds)
     timed: dict[tuple[str, int, int], Timing] = {}
     rows = []
     last = "eager" if "eager" in paths else "fused"  # rows are complete after this phase
     for path in ("fused", "eager"):
         if path not in paths:
             continue
-        for n, (x, _, ref_fn, clone_fn) in inputs.items():
-            for i, (_, fmt, rounding) in enumerate(cases):
-                mode = "compiled" if path == "fused" else "eager"
-                timed[path, n, i] = _time_path(
-                    mode, x, fmt, rounding, (ref_fn, clone_fn), repeats, warmup, budget_s
-                )
-                if path == last:
-                    rows.append(_row(cases[i], n, device, inputs[n][1], timed, i))
-                    print(format_row(rows[-1]), flush=True)
+        mode = "compiled" if path == "fused" else "eager"
+        triples: dict[tuple[int, int], list[Triple]] = {}
+        first_call: dict[tuple[int, int], float] = {}
+        for round_ in range(rounds):
+            for n, (x, _, ref_fn, clone_fn) in inputs.items():
+                for i, (_, fmt, rounding) in enumerate(cases):
+                    times, first = _time_path(
+                        mode,
+                        x,
+                        fmt,
+                        rounding,
+                        (ref_fn, clone_fn),
+                        per_round,
+                        warmup if round_ == 0 else 1,
+                        budget_s / rounds,
+                    )
+                    triples.setdefault((n, i), []).extend(times)
+                    first_call.setdefault((n, i), first)  # the first round's: the compile
+                    if round_ < rounds - 1:
+                        continue
+                    timed[path, n, i] = Timing.of(triples[n, i], first_call[n, i])
+                    if path == last:
+                        rows.append(_row(cases[i], n, device, inputs[n][1], timed, i))
+                        print(format_row(rows[-1]), flush=True)
     return rows
 
 
@@ -364,7 +400,9 @@ def run(args: argparse.Namespace) -> int:
             "alternately with each quantizer call; eager/fused: the fused path's speedup"
         )
         print(HEADER)
-        rows = measure(formats, sizes, device, repeats, warmup, paths, 0.2 if args.quick else 2.0)
+        budget = 0.2 if args.quick else 2.0
+        rounds = 1 if args.quick else args.rounds
+        rows = measure(formats, sizes, device, repeats, warmup, paths, budget, rounds)
         report["runs"].append({"environment": env, "rows": [asdict(r) for r in rows]})
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
@@ -385,6 +423,16 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``qtorch bench`` (shared with benchmarks/bench.py)."""
     families = ", ".join(FAMILIES)
@@ -400,11 +448,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=_positive,
         default=31,
         help="timed (reference, clone, quantizer) triples per measurement",
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (compile)")
+    parser.add_argument(
+        "--rounds",
+        type=_positive,
+        default=3,
+        help="rounds over all rows, the repeats split among them (medians over all rounds)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument(
         "--path", choices=("both", "eager", "fused"), default="both", help="which paths to time"
