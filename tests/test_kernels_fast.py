@@ -21,7 +21,8 @@ from qtorch.formats.base import Format
 from qtorch.formats.block import BlockFloatingPoint
 from qtorch.formats.fixed import FixedPoint
 from qtorch.formats.floating import FloatingPoint
-from qtorch.kernels.bits import exponent, isnan, layout, mul_pow2, signbit
+from qtorch.formats.posit import Posit
+from qtorch.kernels.bits import copysign, exponent, isnan, layout, mul_pow2, signbit
 from qtorch.kernels.per_block import stored
 from qtorch.kernels.round import round_fraction_bits, round_scaled, round_to_quantum
 from qtorch.rounding import Rounding
@@ -150,6 +151,42 @@ def test_bit_tests_match_torch(dtype: torch.dtype) -> None:
     x = torch.cat([_random_bits(2000, dtype), SPECIALS_F32.to(dtype), -SPECIALS_F32.to(dtype)])
     assert torch.equal(signbit(x), torch.signbit(x))
     assert torch.equal(isnan(x), torch.isnan(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_copysign_is_torch_copysign_bit_for_bit(dtype: torch.dtype) -> None:
+    """Eager and compiled (where it is a where on the sign bit), NaN payloads and signs too."""
+    lay = layout(dtype)
+    specials = torch.cat([SPECIALS_F32, -SPECIALS_F32]).to(dtype)
+    negative_nan = (torch.tensor([-1], dtype=lay.int_dtype) << (lay.mantissa_bits - 1)).view(dtype)
+    specials = torch.cat([specials, negative_nan, -negative_nan])
+    v = torch.cat([_random_bits(3000, dtype, seed=5), specials.repeat_interleave(len(specials))])
+    x = torch.cat([_random_bits(3000, dtype, seed=6), specials.repeat(len(specials))])
+    want = torch.copysign(v, x).view(lay.int_dtype)
+    compiled = torch.compile(copysign, fullgraph=True, dynamic=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fused = compiled(v, x)
+    assert torch.equal(copysign(v, x).view(lay.int_dtype), want)
+    assert torch.equal(fused.view(lay.int_dtype), want)
+
+
+@pytest.mark.parametrize("fmt", [Posit(8, 2), BlockFloatingPoint(8)], ids=repr)
+def test_compiled_kernel_keeps_the_autograd_graph(fmt: Format) -> None:
+    """Traced into a user's compiled function, a quantizer's result stays in x's graph."""
+    x = torch.randn(64, requires_grad=True)
+
+    def kernel(x: torch.Tensor) -> torch.Tensor:
+        return fmt.quantize_kernel(x, Rounding.NEAREST, None)
+
+    kernel.__code__ = kernel.__code__.replace(co_name=f"graph_{type(fmt).__name__}")
+    y = torch.compile(kernel, fullgraph=True, backend="aot_eager")(x)
+    assert y.requires_grad and bits_equal(y.detach(), kernel(x.detach()))
+    (y * torch.arange(64.0)).sum().backward()
+    compiled_grad = x.grad
+    x.grad = None
+    (kernel(x) * torch.arange(64.0)).sum().backward()
+    assert compiled_grad is not None and bits_equal(compiled_grad, x.grad)
 
 
 #: Float layouts whose kernels take different branches (subnormal flush, man=0 ties, fn

@@ -58,6 +58,22 @@ def signbit(x: torch.Tensor) -> torch.Tensor:
     return x.view(layout(x.dtype).int_dtype) < 0
 
 
+def copysign(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``torch.copysign(v, x)``: |v| with the sign bit of x, for every v and x (NaN too).
+
+    Compiled without an autograd graph to build, it is ``where(signbit(x), -|v|, |v|)``:
+    Inductor (torch 2.13) compiles ``torch.copysign`` on the CPU to a call of
+    ``Sleef_copysignf16`` per vector of 16, which spills every live vector register around
+    the call. Eagerly (or when a graph is built, where copysign keeps x in it) it is
+    ``torch.copysign``: one operation, where a boolean mask would cost several.
+    """
+    graph = torch.is_grad_enabled() and (v.requires_grad or x.requires_grad)
+    if torch.compiler.is_compiling() and not graph:
+        magnitude = v.abs()
+        return torch.where(signbit(x), -magnitude, magnitude)
+    return torch.copysign(v, x)
+
+
 def isnan(x: torch.Tensor) -> torch.Tensor:
     """``torch.isnan(x)``, written as ``x != x`` (which Inductor vectorizes)."""
     return x != x

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from qtorch.kernels.bits import exponent, layout, pow2, signbit
+from qtorch.kernels.bits import copysign, exponent, layout, pow2, signbit
 from qtorch.kernels.fixed import largest_grid_value
 from qtorch.kernels.per_block import stored
 from qtorch.kernels.round import round_integer
@@ -84,4 +84,4 @@ def quantize_block(
     # then the step is finer than the ulp of the block's top binade, the only elements the
     # clamp can touch, so they were not rounded and the clamp changes nothing
     k = k.clamp(max=largest_grid_value((1 << (wl - 1)) - 1, 0, x.dtype))
-    return torch.copysign(k * up_1 * up_2, x)
+    return copysign(k * up_1 * up_2, x)

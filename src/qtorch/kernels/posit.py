@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from qtorch.kernels.bits import FLOAT32, FLOAT64, FloatLayout, exponent, layout
+from qtorch.kernels.bits import FLOAT32, FLOAT64, FloatLayout, copysign, exponent, layout
 from qtorch.rounding import Rounding
 
 
@@ -188,8 +188,9 @@ def _signed_with_specials(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     Integer arithmetic where eager code would need boolean masks (a clamp turns "nonzero"
     and "special" into 0 or 1): eager comparisons, ``where`` and ``masked_fill`` build
     boolean tensors, which on the CPU cost 5-30 times an integer operation. The sign comes
-    from ``torch.copysign`` (so an input that requires grad gets a result in its autograd
-    graph, as with every format), and adding +0 turns the -0 of a negative zero into +0.
+    from :func:`~qtorch.kernels.bits.copysign` (``torch.copysign`` whenever an autograd
+    graph is built, so an input that requires grad gets a result in its graph, as with every
+    format), and adding +0 turns the -0 of a negative zero into +0.
     """
     lay = layout(x.dtype)
     magnitude = x.view(lay.int_dtype) & ((1 << (lay.exponent_bits + lay.mantissa_bits)) - 1)
@@ -199,7 +200,7 @@ def _signed_with_specials(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     special = magnitude.sub_(infinity - 1).clamp_(0, 1)  # magnitude is not needed any more
     bits = q.view(lay.int_dtype).mul_(nonzero)  # 0 for ±0; maxpos (< Inf) for specials
     bits = torch.maximum(bits, special.mul_(quiet_nan), out=bits)  # NaN for specials
-    return torch.copysign(bits.view(x.dtype), x) + 0.0  # not in place: copysign saves it
+    return copysign(bits.view(x.dtype), x) + 0.0  # not in place: copysign saves it
 
 
 def encode_posit(x: torch.Tensor, nsize: int, es: int, scale: float) -> torch.Tensor:

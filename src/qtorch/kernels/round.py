@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from qtorch.kernels.bits import exponent, layout, ldexp, mul_pow2, signbit
+from qtorch.kernels.bits import copysign, exponent, layout, ldexp, mul_pow2, signbit
 from qtorch.rounding import Rounding
 
 
@@ -62,7 +62,7 @@ def round_signed_(y: torch.Tensor, rounding: Rounding, noise: torch.Tensor | Non
         raise ValueError("stochastic rounding needs noise")
     magnitude = y.abs()
     low = torch.floor(magnitude)
-    return torch.copysign(torch.where(noise < magnitude - low, low + 1.0, low), y)
+    return copysign(torch.where(noise < magnitude - low, low + 1.0, low), y)
 
 
 def round_to_quantum(
@@ -93,7 +93,7 @@ def round_to_quantum(
     scale_exp = torch.minimum(q_exp, e_x + mantissa_bits + 8)
     magnitude = ldexp(x.abs(), -scale_exp)
     k = round_integer(magnitude, rounding, signbit(x), noise)
-    return torch.copysign(ldexp(k, q_exp), x)
+    return copysign(ldexp(k, q_exp), x)
 
 
 def round_scaled(
