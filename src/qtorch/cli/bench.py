@@ -427,6 +427,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def _positive(text: str) -> int:
+    """An argparse type: a positive integer."""
     try:
         value = int(text)
     except ValueError as err:
@@ -460,7 +461,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rounds",
         type=_positive,
         default=3,
-        help="rounds over all rows, the repeats split among them (medians over all rounds)",
+        help="rounds over the rows of each size, the repeats split among them (default 3)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument(
