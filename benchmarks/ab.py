@@ -11,6 +11,10 @@ faster) and whether the two give the same bits. By default one thread and CPU ti
 
     python benchmarks/ab.py --base HEAD~3 --formats posit "float(5,2)" --rounding stochastic
     python benchmarks/ab.py --base main --eager --size 100000      # eager kernels, no compile
+    python benchmarks/ab.py --base HEAD~1 --api --threads 2 --timer wall  # qtorch.quantize
+
+``--api`` times the whole ``quantize`` call in "compiled" mode (dispatch, the call into the
+compiled kernel, the result) instead of the bare kernel.
 """
 
 from __future__ import annotations
@@ -78,6 +82,17 @@ def kernel(
     return torch.compile(run, fullgraph=True, dynamic=False) if compiled else run
 
 
+def api(package: ModuleType, spec: str, rounding: str) -> Callable[..., torch.Tensor]:
+    """``package.quantize`` for one format and rounding, in the package's "compiled" mode."""
+    fmt = package.format_from_string(spec)
+    package.set_kernel_mode("compiled")
+
+    def run(x: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+        return package.quantize(x, fmt, rounding)  # type: ignore[no-any-return]
+
+    return run
+
+
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal bit patterns, any NaN equal to any NaN."""
     nan = torch.isnan(a) & torch.isnan(b)
@@ -122,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timer", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--eager", action="store_true", help="time the eager kernels")
+    parser.add_argument("--api", action="store_true", help="time qtorch.quantize (compiled mode)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     clock = time.thread_time if args.timer == "cpu" else time.perf_counter
@@ -132,15 +148,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_pkg = import_base(args.base, Path(tmp))
         print(
             f"new=working tree base={args.base} size={args.size} float32 threads={args.threads} "
-            f"timer={args.timer} path={'eager' if args.eager else 'compiled'} pairs={args.pairs}"
+            f"timer={args.timer} "
+            f"path={'api' if args.api else 'eager' if args.eager else 'compiled'} "
+            f"pairs={args.pairs}"
         )
         print(f"{'format':<40} {'rounding':<10} {'same bits':<9} new/base median [quartiles]")
         for name in args.formats:
             spec = _spec(name)
             for rounding in roundings:
-                new = kernel(qtorch, spec, rounding, not args.eager)
-                old = kernel(base_pkg, spec, rounding, not args.eager)
-                equal = same_bits(new(x, seed), old(x, seed))
+                if args.api:
+                    new, old = api(qtorch, spec, rounding), api(base_pkg, spec, rounding)
+                else:
+                    new = kernel(qtorch, spec, rounding, not args.eager)
+                    old = kernel(base_pkg, spec, rounding, not args.eager)
+                outputs = []
+                for fn in (new, old):
+                    torch.manual_seed(1)  # the same seed for quantize's stochastic rounding
+                    outputs.append(fn(x, seed))
+                equal = same_bits(*outputs)
                 ratios = compare(new, old, (x, seed), args.pairs, clock)
                 q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
                 print(

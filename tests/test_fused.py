@@ -245,11 +245,11 @@ def fresh_fused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fused, "_faster", {})
 
 
-def _raise_at_compile(fn: object) -> object:
+def _raise_at_compile(fn: object, backend: object) -> object:
     raise RuntimeError("no C++ compiler found")
 
 
-def _raise_at_call(fn: object) -> object:
+def _raise_at_call(fn: object, backend: object) -> object:
     def broken(*args: object) -> object:
         raise RuntimeError("InductorError: C++ compile error")
 
@@ -356,7 +356,7 @@ def test_which_path_each_mode_takes() -> None:
 def test_auto_compiles_only_hot_quantizers(monkeypatch: pytest.MonkeyPatch) -> None:
     compiled: list[str] = []
 
-    def record_compile(fn: Callable[..., object]) -> Callable[..., object]:
+    def record_compile(fn: Callable[..., object], backend: object) -> Callable[..., object]:
         compiled.append(fn.__code__.co_name)
         return fn  # run the kernel uncompiled: this test is about the dispatch only
 
@@ -400,7 +400,7 @@ def test_auto_keeps_the_faster_path_per_size_class(
 
         return wrapper
 
-    monkeypatch.setattr(fused, "_compile", lambda fn: fn)  # dispatch only: run uncompiled
+    monkeypatch.setattr(fused, "_compile", lambda fn, backend: fn)  # dispatch only: run uncompiled
     monkeypatch.setattr(fused, "compile_available", lambda device_type: True)
     monkeypatch.setattr(fused, "_clock", lambda: now[0])
     monkeypatch.setattr(qtorch.kernels.eager, "run", timed("eager", eager_run))

@@ -14,10 +14,10 @@ def parse_option(cls: type[E], value: E | str, label: str) -> E:
     if isinstance(value, cls):
         return value
     if isinstance(value, str):
-        try:
-            return cls(value.lower())  # a dict lookup (this runs on every quantize call)
-        except ValueError:
-            pass
+        # this runs on every quantize call: a dict lookup, not Enum's call machinery
+        member = cls._value2member_map_.get(value.lower())
+        if member is not None:
+            return member  # type: ignore[return-value]
     allowed = ", ".join(repr(m.value) for m in cls)
     raise ValueError(f"{label} must be one of {allowed}, got {value!r}")
 

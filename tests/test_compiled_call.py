@@ -1,0 +1,219 @@
+"""The direct call of captured Inductor functions (qtorch.kernels.compiled_call).
+
+The first call of each shape runs through Dynamo; later calls of that shape skip it. Each
+test checks the results against the eager reference bit for bit, and which path ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from edge_cases import SPECIALS_F32, bits_equal, random_float32
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import qtorch
+from qtorch.cli.bench import family_format
+from qtorch.kernels import compiled_call, fused
+from qtorch.kernels.compiled_call import CompiledKernel
+from qtorch.rounding import Rounding
+
+
+@pytest.fixture(autouse=True)
+def _compiled_mode() -> Iterator[None]:
+    with qtorch.kernel_mode("compiled"):
+        yield
+
+
+def _kernel(fmt: qtorch.Format, rounding: Rounding, in_place: bool = False) -> CompiledKernel:
+    """The one compiled kernel of fmt and rounding (key: fmt, rounding, ..., in place)."""
+    (kern,) = [
+        k
+        for key, k in fused._cache.items()
+        if key[0] == fmt and key[1] == rounding and key[-1] == in_place
+    ]
+    assert isinstance(kern, CompiledKernel)
+    return kern
+
+
+def _count_dynamo(monkeypatch: pytest.MonkeyPatch, kern: CompiledKernel) -> list[int]:
+    """Count the calls that go through Dynamo from now on."""
+    calls = [0]
+    dynamo_fn = kern.dynamo_fn
+
+    def counted(*args: Any) -> Any:
+        calls[0] += 1
+        return dynamo_fn(*args)
+
+    monkeypatch.setattr(kern, "dynamo_fn", counted)
+    return calls
+
+
+def _eager(x: torch.Tensor, fmt: qtorch.Format, rounding: Rounding, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    with qtorch.kernel_mode("eager"):
+        return qtorch.quantize(x, fmt, rounding)
+
+
+def _compiled(x: torch.Tensor, fmt: qtorch.Format, rounding: Rounding, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return qtorch.quantize(x, fmt, rounding)
+
+
+def _values(*shape: int) -> torch.Tensor:
+    n = 1
+    for size in shape:
+        n *= size
+    bits = torch.cat([SPECIALS_F32, random_float32(n - len(SPECIALS_F32), seed=3)])
+    return bits.view(shape)
+
+
+@pytest.mark.parametrize(
+    ("name", "rounding"),
+    [
+        ("fixed(8,4)", Rounding.NEAREST),
+        ("fixed(8,4)", Rounding.STOCHASTIC),
+        ("block(8,0)", Rounding.NEAREST),
+        ("codebook16", Rounding.NEAREST),
+    ],
+    ids=str,
+)
+def test_repeated_shapes_skip_dynamo_and_match_eager(
+    monkeypatch: pytest.MonkeyPatch, name: str, rounding: Rounding
+) -> None:
+    fmt = family_format(name)
+    shapes = [(3, 4111), (5, 2000), (3, 4111), (5, 2000), (3, 4111)]
+    qtorch.quantize(_values(*shapes[0]), fmt, rounding)  # compiled now
+    kern = _kernel(fmt, rounding)
+    calls = _count_dynamo(monkeypatch, kern)
+    for seed, shape in enumerate(shapes):
+        x = _values(*shape)
+        got = _compiled(x, fmt, rounding, seed)
+        assert bits_equal(got, _eager(x, fmt, rounding, seed)), (name, shape)
+        assert got.shape == x.shape and got.data_ptr() != x.data_ptr()
+    # the compiling call learnt (3, 4111); (5, 2000) went through Dynamo once
+    assert calls[0] == 1
+
+
+def test_in_place_repeats_write_into_x(monkeypatch: pytest.MonkeyPatch) -> None:
+    fmt = family_format("fixed(8,4)")
+    x = _values(7, 1501)
+    expected = _eager(x, fmt, Rounding.NEAREST, 0)
+    qtorch.quantize_(x.clone(), fmt)
+    kern = _kernel(fmt, Rounding.NEAREST, in_place=True)
+    calls = _count_dynamo(monkeypatch, kern)
+    for _ in range(3):
+        y = x.clone()
+        ptr = y.data_ptr()
+        assert qtorch.quantize_(y, fmt) is y and y.data_ptr() == ptr
+        assert bits_equal(y, expected)
+    assert calls[0] == 0  # the compiling call learnt the shape
+
+
+class _Passthrough(TorchDispatchMode):
+    """A dispatch mode that records the operations it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class _Tagged(torch.Tensor):
+    """A tensor subclass that adds nothing."""
+
+
+def test_inputs_dynamo_must_see_take_its_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    fmt = family_format("fixed(8,4)")
+    x = _values(9001)
+    expected = _eager(x, fmt, Rounding.NEAREST, 0)
+    qtorch.quantize(x, fmt)  # the shape is known now
+    kern = _kernel(fmt, Rounding.NEAREST)
+    calls = _count_dynamo(monkeypatch, kern)
+
+    with torch.no_grad():  # requires grad, but no graph to build: the compiled path
+        assert bits_equal(qtorch.quantize(x.clone().requires_grad_(), fmt), expected)
+    assert calls[0] == 1
+
+    with torch.device("cpu"):  # a torch function mode
+        assert bits_equal(qtorch.quantize(x, fmt), expected)
+    assert calls[0] == 2
+
+    assert bits_equal(qtorch.quantize(x.as_subclass(_Tagged), fmt), expected)
+    assert calls[0] == 3
+
+    assert bits_equal(qtorch.quantize(x, fmt), expected)
+    assert calls[0] == 3
+
+
+def test_dispatch_modes_see_the_eager_operations() -> None:
+    """Under a TorchDispatchMode the eager path runs (Dynamo would skip the frame, and the
+    mode is there to see the operations), without a fallback warning."""
+    fmt = family_format("fixed(8,4)")
+    x = _values(9001)
+    expected = _eager(x, fmt, Rounding.NEAREST, 0)
+    qtorch.quantize(x, fmt)
+    mode = _Passthrough()
+    with mode:
+        got = qtorch.quantize(x, fmt)
+    assert bits_equal(got, expected)
+    assert any("round" in op for op in mode.seen)
+    assert not fused._broken
+
+
+def test_each_shape_runs_the_graph_dynamo_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dynamo compiles a one-element input separately (it specializes sizes 0 and 1); each
+    shape must then go to its own graph."""
+    fmt = dataclasses.replace(family_format("fixed(8,4)"), wl=9)  # a kernel of its own
+    x, one = _values(5003), torch.tensor([0.3])
+    qtorch.quantize(x, fmt)
+    kern = _kernel(fmt, Rounding.NEAREST)
+    assert bits_equal(qtorch.quantize(one, fmt), _eager(one, fmt, Rounding.NEAREST, 0))
+    assert len(kern.capture.graphs) == 2
+    assert kern.shapes[x.shape] is not kern.shapes[one.shape]
+    calls = _count_dynamo(monkeypatch, kern)
+    for _ in range(2):
+        assert bits_equal(qtorch.quantize(x, fmt), _eager(x, fmt, Rounding.NEAREST, 0))
+        assert bits_equal(qtorch.quantize(one, fmt), _eager(one, fmt, Rounding.NEAREST, 0))
+    assert calls[0] == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Table(qtorch.Format):
+    """A format whose kernel reads a tensor that is not an argument: an extra graph input."""
+
+    def quantize_kernel(
+        self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        return torch.round(x * _STEP) / _STEP
+
+
+_STEP = torch.tensor(4.0)
+
+
+def test_graphs_with_other_inputs_always_use_dynamo(monkeypatch: pytest.MonkeyPatch) -> None:
+    fmt = _Table()
+    x = _values(4097)
+    expected = torch.round(x * 4.0) / 4.0
+    assert bits_equal(qtorch.quantize(x, fmt), expected)
+    kern = _kernel(fmt, Rounding.NEAREST)
+    assert kern.capture.graphs == [None]  # the tensor constant has no place in the plan
+    calls = _count_dynamo(monkeypatch, kern)
+    assert bits_equal(qtorch.quantize(x, fmt), expected)
+    assert calls[0] == 1
+
+
+def test_remembered_shapes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compiled_call, "MAX_SHAPES", 2)
+    fmt = family_format("fixed(8,4)")
+    sizes = [2001, 2002, 2003, 2001, 2002, 2003]
+    for n in sizes:
+        x = _values(n)
+        assert bits_equal(qtorch.quantize(x, fmt), _eager(x, fmt, Rounding.NEAREST, 0))
+    assert 1 <= len(_kernel(fmt, Rounding.NEAREST).shapes) <= 2
