@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -10,7 +11,9 @@ import torch
 from edge_cases import bits_equal
 
 from qtorch import BlockFloatingPoint, FixedPoint, FloatingPoint, Format, quantize
+from qtorch.formats.parse import format_from_string
 from qtorch.quant import block_quantize, fixed_point_quantize, float_quantize
+from qtorch.rounding import Rounding
 
 FORMATS: list[Format] = [
     FixedPoint(8, 4),
@@ -140,3 +143,40 @@ def test_functions_never_modify_input(name: str) -> None:
 def test_unknown_rounding_is_a_value_error(fmt: Format) -> None:
     with pytest.raises(ValueError, match="rounding must be one of"):
         quantize(_sample(), fmt, "round_half_up")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Strict(Format):
+    """A format whose accepted roundings depend on the instance (check_rounding overridden)."""
+
+    strict: bool
+
+    def check_rounding(self, rounding: Rounding | str) -> Rounding:
+        mode = super().check_rounding(rounding)
+        if self.strict and mode is not Rounding.NEAREST:
+            raise ValueError("_Strict: rounding must be 'nearest' when strict")
+        return mode
+
+    def quantize_kernel(
+        self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        return torch.round(x)
+
+
+def test_accepted_roundings_are_checked_on_every_call() -> None:
+    """Whatever quantize remembers between calls must not let a format accept a rounding it
+    rejects (one format type accepting it, or another instance of the same type), nor a
+    non-format through."""
+    x = _sample()
+    quantize(x, FixedPoint(8, 4), "down")
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        quantize(x, format_from_string("mxfp8_e4m3"), "down")  # MX: nearest or stochastic
+    quantize(x, _Strict(strict=False), "stochastic")
+    with pytest.raises(ValueError, match="when strict"):
+        quantize(x, _Strict(strict=True), "stochastic")
+    for rounding in ("nearest", "NEAREST", Rounding.NEAREST):
+        quantize(x, FixedPoint(8, 4), rounding)
+        with pytest.raises(TypeError, match="must be a qtorch format"):
+            quantize(x, "fixed(8,4)", rounding)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        quantize(x, FixedPoint(8, 4), ["nearest"])  # type: ignore[arg-type]
