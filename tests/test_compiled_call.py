@@ -217,3 +217,26 @@ def test_remembered_shapes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         x = _values(n)
         assert bits_equal(qtorch.quantize(x, fmt), _eager(x, fmt, Rounding.NEAREST, 0))
     assert 1 <= len(_kernel(fmt, Rounding.NEAREST).shapes) <= 2
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernels_compiled_on_small_tensors_stay_parallel(threads: int) -> None:
+    """Inductor decides serial or parallel code from the compiling call's size and thread
+    count, and its disk cache then serves that code for every size: a kernel first compiled
+    on 1,000 elements, or under one thread, must still open an OpenMP parallel region."""
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    fmt = dataclasses.replace(family_format("fixed(8,4)"), wl=13 + threads)  # a new key
+    x = _values(1000)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with config.patch(force_disable_caches=True):
+            _, code = run_and_get_code(qtorch.quantize, x, fmt, "stochastic")
+    finally:
+        torch.set_num_threads(previous)
+    assert any("#pragma omp parallel" in source for source in code), code
+    assert bits_equal(
+        _compiled(x, fmt, Rounding.STOCHASTIC, 0), _eager(x, fmt, Rounding.STOCHASTIC, 0)
+    )

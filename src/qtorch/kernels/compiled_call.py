@@ -33,6 +33,15 @@ import torch
 #: sizes of x's symbolic dimensions.
 _SOURCE = re.compile(r"L\['(x|seed)'\](?:\.size\(\)\[(\d+)\])?")
 
+#: Inductor settings for qtorch's kernels. ``cpp.dynamic_threads``: the generated C++ opens
+#: an OpenMP parallel region for any size and leaves the thread count to the runtime.
+#: Without it, Inductor decides at compile time from the compiling call's size and
+#: ``torch.get_num_threads()``: a kernel first compiled on 1,000 elements (below 512 per
+#: thread) or under one thread came out serial, and Inductor's on-disk cache then served
+#: that serial kernel for every size, in later processes too (``qtorch bench --quick``
+#: compiles on 1,000 elements first).
+CONFIG = {"cpp.dynamic_threads": True}
+
 #: Shapes remembered per kernel; a kernel that sees more starts again (they are only a
 #: shortcut past Dynamo's guards, which the next call of each shape runs again).
 MAX_SHAPES = 4096
@@ -89,7 +98,7 @@ class Capture:
         from torch._inductor.compile_fx import compile_fx
 
         # a callable here (the str / list / Weights results are for ahead-of-time mode)
-        fn = cast(Callable[..., Any], compile_fx(gm, example_inputs))
+        fn = cast(Callable[..., Any], compile_fx(gm, example_inputs, config_patches=CONFIG))
         captured = plan(gm, fn)
         self.graphs.append(captured)
         if captured is None:
