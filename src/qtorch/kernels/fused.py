@@ -33,8 +33,12 @@ avoids the known traps:
   Capture`, which keeps the function Inductor made; after the first call of a shape, calls
   on the CPU go straight to it instead of through Dynamo's per-call machinery, and the
   dispatch here avoids operations that are slow once a large kernel has flushed the caches
-  (a view costs 25-45 µs then, ``x.device`` 20 µs). Together: about 230 µs less per call
-  on 4,194,304 float32 elements (fixed(8,4) nearest, 2 threads), a quarter of the call.
+  (a view costs 25-45 µs then, ``x.device`` 20 µs). Together, on 4,194,304 float32
+  elements at 2 threads, a call takes 0.80-0.91 of its former time with nearest rounding
+  and 0.91-0.94 with stochastic rounding (docs/performance.md).
+* **Threads.** Kernels are compiled with Inductor's ``cpp.dynamic_threads``
+  (:data:`qtorch.kernels.compiled_call.CONFIG`), so a kernel first compiled on a small
+  tensor or under one thread is not serial for every later size.
 * **Dispatch modes.** Under a ``TorchDispatchMode`` the eager path runs: the mode is there
   to see the operations, and Dynamo would skip the frame.
 * **Failures.** If compiling fails (no C++ compiler, no Triton, an unsupported op), the
