@@ -21,9 +21,9 @@ avoids the known traps:
   :data:`EAGER_BELOW` elements run eagerly, and a quantizer is compiled only once its eager
   calls have taken :data:`AUTO_COMPILE_AFTER_S` seconds: a one-off call never waits for
   the compiler, a training loop gets the fused kernel after a few steps.
-* **Small tensors.** A compiled call costs 30-60 µs before any work (Dynamo's guards and
-  wrapper), so below about 2**18 elements a cheap eager kernel can be faster (fixed-point
-  nearest: 30 against 56 µs at 4,096 elements, 105 against 120 µs at 262,144). Once a
+* **Small tensors.** A compiled call has a fixed cost (10-15 µs for a shape seen before,
+  30-60 µs through Dynamo), so on small tensors a cheap eager kernel can be faster (it was
+  at 4,096 elements for fixed-point nearest: 30 against 56 µs through Dynamo). Once a
   quantizer is compiled, ``"auto"`` mode on the CPU therefore times both paths on the
   first calls of each size class (a power of two) below :data:`MEASURE_BELOW` elements,
   :data:`MEASURE_CALLS` calls each (fewer when eager is more than twice as slow), and
