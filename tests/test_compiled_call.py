@@ -240,3 +240,69 @@ def test_kernels_compiled_on_small_tensors_stay_parallel(threads: int) -> None:
     assert bits_equal(
         _compiled(x, fmt, Rounding.STOCHASTIC, 0), _eager(x, fmt, Rounding.STOCHASTIC, 0)
     )
+
+
+def test_threads_each_learn_their_own_shapes() -> None:
+    """Two threads quantizing different shapes at once: each shape must map to the graph
+    that ran for it (the record of which graph ran is per thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fmt = dataclasses.replace(family_format("fixed(8,4)"), wl=12)  # a kernel of its own
+    inputs = [_values(3001), torch.tensor([0.3]), _values(2, 1501), torch.tensor([-1.7])]
+    expected = [_eager(x, fmt, Rounding.NEAREST, 0) for x in inputs]
+
+    def run(i: int) -> bool:
+        x = inputs[i % len(inputs)]
+        return bits_equal(qtorch.quantize(x, fmt), expected[i % len(inputs)])
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        assert all(pool.map(run, range(40)))
+    kern = _kernel(fmt, Rounding.NEAREST)
+    for x in inputs:  # the direct calls afterwards, shape by shape
+        shape = x.reshape(-1).shape
+        assert shape in kern.shapes
+    for x, want in zip(inputs, expected, strict=True):
+        assert bits_equal(qtorch.quantize(x, fmt), want)
+
+
+def test_inference_mode_tensors() -> None:
+    fmt = family_format("fixed(8,4)")
+    with torch.inference_mode():
+        x = _values(4097)
+        expected = _eager(x, fmt, Rounding.NEAREST, 0)
+        for _ in range(2):
+            assert bits_equal(qtorch.quantize(x, fmt), expected)
+    for _ in range(2):  # an inference tensor outside inference mode
+        assert bits_equal(qtorch.quantize(x, fmt), expected)
+
+
+_FIRST_COMPILES_IN_THREADS = """
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+import torch, qtorch
+warnings.simplefilter("error")
+qtorch.set_kernel_mode("compiled")
+fmt = qtorch.FixedPoint(8, 4)
+xs = [torch.randn(3001) * 4, torch.tensor([0.3]), torch.randn(2, 1501) * 4, torch.tensor([-2.0])]
+with qtorch.kernel_mode("eager"):
+    expected = [qtorch.quantize(x, fmt) for x in xs]
+with ThreadPoolExecutor(max_workers=2) as pool:
+    got = list(pool.map(lambda i: qtorch.quantize(xs[i % 4], fmt), range(40)))
+assert all(torch.equal(g, expected[i % 4]) for i, g in enumerate(got))
+print("ok")
+"""
+
+
+def test_first_compiles_in_two_threads_of_a_fresh_process() -> None:
+    """Two threads making a process's first compile at once deadlocked in torch's lazy
+    imports (and the key was marked broken, with a warning); first calls are serialized."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_COMPILES_IN_THREADS],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

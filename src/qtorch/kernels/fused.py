@@ -36,11 +36,13 @@ avoids the known traps:
   (a view costs 25-45 µs then, ``x.device`` 20 µs). Together, on 4,194,304 float32
   elements at 2 threads, a call takes 0.80-0.91 of its former time with nearest rounding
   and 0.91-0.94 with stochastic rounding (docs/performance.md).
-* **Threads.** Kernels are compiled with Inductor's ``cpp.dynamic_threads``
+* **OpenMP threads.** Kernels are compiled with Inductor's ``cpp.dynamic_threads``
   (:data:`qtorch.kernels.compiled_call.CONFIG`), so a kernel first compiled on a small
   tensor or under one thread is not serial for every later size.
 * **Dispatch modes.** Under a ``TorchDispatchMode`` the eager path runs: the mode is there
   to see the operations, and Dynamo would skip the frame.
+* **Python threads.** The first call of a key (the compile) holds a lock: first compiles in two
+  threads at once could deadlock in torch's lazy imports. Later calls run concurrently.
 * **Failures.** If compiling fails (no C++ compiler, no Triton, an unsupported op), the
   eager reference runs instead; the first failure in the process warns once
   (:class:`CompileFallbackWarning`) and the failing key is never tried again.
@@ -99,6 +101,7 @@ class CompileFallbackWarning(RuntimeWarning):
 
 
 _lock = threading.Lock()
+_compile_lock = threading.Lock()
 _cache: dict[Hashable, KernelFn] = {}
 _broken: set[Hashable] = set()
 _eager_seconds: dict[Hashable, float] = {}
@@ -322,11 +325,32 @@ def quantize_compiled(
     """
     if key is None:
         key = _key(x, fmt, rounding, inplace, _device_type(x))
-    write_into_arg = bool(key[-1])
     if kern is None:
         kern = _cache.get(key)
-    if kern is None and key in _broken:
-        return eager()
+    if kern is None:
+        # One first call at a time: first compiles in two threads at once can deadlock in
+        # torch's lazy imports (a failure that would mark the key broken).
+        with _compile_lock:
+            kern = _cache.get(key)  # another thread may have compiled it meanwhile
+            if kern is None:
+                if key in _broken:
+                    return eager()
+                return _run(x, fmt, rounding, seed, inplace, eager, key, None)
+    return _run(x, fmt, rounding, seed, inplace, eager, key, kern)
+
+
+def _run(
+    x: torch.Tensor,
+    fmt: Format,
+    rounding: Rounding,
+    seed: torch.Tensor | None,
+    inplace: bool,
+    eager: Callable[[], torch.Tensor],
+    key: tuple[Hashable, ...],
+    kern: KernelFn | None,
+) -> torch.Tensor:
+    """:func:`quantize_compiled` once the kernel is known (None: compile it first)."""
+    write_into_arg = bool(key[-1])
     src = x if x.is_contiguous() else x.contiguous()
     # The flat view of a row-major tensor keeps each element's row-major index, so the
     # noise made from the seed inside the kernel is the eager path's. (Views are avoided
