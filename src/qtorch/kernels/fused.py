@@ -41,8 +41,9 @@ avoids the known traps:
   tensor or under one thread is not serial for every later size.
 * **Dispatch modes.** Under a ``TorchDispatchMode`` the eager path runs: the mode is there
   to see the operations, and Dynamo would skip the frame.
-* **Python threads.** The first call of a key (the compile) holds a lock: first compiles in two
-  threads at once could deadlock in torch's lazy imports. Later calls run concurrently.
+* **Python threads.** The first call of a key (the compile) holds a lock: first compiles
+  in two threads at once could deadlock in torch's lazy imports. Later calls run
+  concurrently.
 * **Failures.** If compiling fails (no C++ compiler, no Triton, an unsupported op), the
   eager reference runs instead; the first failure in the process warns once
   (:class:`CompileFallbackWarning`) and the failing key is never tried again.
@@ -151,7 +152,7 @@ def _device_type(x: torch.Tensor) -> str:
 
 
 def _path(x: torch.Tensor, mode: str, device_type: str) -> str:
-    """ "eager", or the mode ("compiled" or "auto") when the compiled path may take x."""
+    """The path for x: "eager", or the mode ("compiled" or "auto") if it may be compiled."""
     if mode == "eager":
         return mode
     n = x.numel()
