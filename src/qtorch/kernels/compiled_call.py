@@ -14,9 +14,9 @@ inputs to the kernel's arguments (x, the seed, and x's sizes for symbolic dimens
 its guards (and compiles when none passes), and remembers which function Dynamo ran; later
 calls with that shape go straight to it. Anything else that Dynamo's guards look at is fixed
 by the caller's cache key (format, rounding, dtype, device type, contiguity, writing into
-x) or checked here on every call (a plain tensor not requiring grad, no torch function or
-dispatch mode; CPU only, where this was measured and tested). A graph whose inputs do not
-fit the map always runs through Dynamo.
+x) or checked here on every call (a plain tensor or parameter, no autograd graph to build,
+no torch function or dispatch mode; CPU only, where this was measured and tested). A graph
+whose inputs do not fit the map always runs through Dynamo.
 """
 
 from __future__ import annotations
@@ -132,14 +132,17 @@ def dispatch_mode_active() -> bool:
 
 
 def _plain(x: torch.Tensor) -> bool:
-    """Whether nothing but x's shape can make Dynamo's guards differ from the last call.
+    """Whether the function Dynamo ran for x's shape computes what Dynamo would run now.
 
-    x is a plain tensor not requiring grad, and no torch function or dispatch mode is on.
-    (The caller's key fixes its dtype, device type and contiguity.)
+    x is a plain tensor or a parameter, no autograd graph is to be built (a tensor that
+    requires grad, with grad mode off: the optimizer's in-place steps), and no torch
+    function or dispatch mode is on. Dynamo's guards on the type and on ``requires_grad``
+    would compile the same kernel again; the caller's key fixes dtype, device type and
+    contiguity.
     """
     return (
-        type(x) is torch.Tensor
-        and not x.requires_grad
+        (type(x) is torch.Tensor or type(x) is torch.nn.Parameter)
+        and not (x.requires_grad and torch.is_grad_enabled())
         and not _function_modes()
         and not _dispatch_modes()
     )
@@ -161,7 +164,7 @@ class CompiledKernel:
         shape = x.shape
         direct = self.shapes.get(shape)
         if direct is not None and _plain(x):
-            # x does not require grad: the result does not either, no grad mode needed
+            # no graph to build: the result does not require grad, no grad mode needed
             return direct(x, seed, shape)
         self.capture.forget_ran()
         with torch.no_grad():
