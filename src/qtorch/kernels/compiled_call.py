@@ -68,9 +68,24 @@ class Captured:
 
 
 def plan(gm: torch.fx.GraphModule, fn: Callable[..., Any]) -> Captured | None:
-    """How to call ``fn``, compiled from Dynamo's graph ``gm``; None if it does not fit."""
+    """How to call ``fn``, compiled from Dynamo's graph ``gm``; None if it does not fit.
+
+    Reads Dynamo's record of where each graph input comes from (``node.meta["grapharg"]``);
+    where a torch version records it differently, the answer is None: that kernel always
+    runs through Dynamo.
+    """
+    try:
+        return _plan(gm, fn)
+    except Exception:
+        return None
+
+
+def _plan(gm: torch.fx.GraphModule, fn: Callable[..., Any]) -> Captured | None:
     inputs: list[tuple[str, int | None]] = []
-    for node in gm.graph.find_nodes(op="placeholder"):
+    nodes = list(gm.graph.nodes)
+    for node in nodes:
+        if node.op != "placeholder":
+            continue
         source = getattr(node.meta.get("grapharg"), "source", None)
         name = getattr(source, "name", None)
         name = name() if callable(name) else name
@@ -78,7 +93,7 @@ def plan(gm: torch.fx.GraphModule, fn: Callable[..., Any]) -> Captured | None:
         if match is None:
             return None
         inputs.append((match[1], None if match[2] is None else int(match[2])))
-    (output,) = gm.graph.find_nodes(op="output")
+    (output,) = [node for node in nodes if node.op == "output"]
     results = output.args[0]
     if not isinstance(results, (tuple, list)) or len(results) > 1:
         return None
