@@ -328,29 +328,8 @@ def quantize_compiled(
         key = _key(x, fmt, rounding, inplace, _device_type(x))
     if kern is None:
         kern = _cache.get(key)
-    if kern is None:
-        # One first call at a time: first compiles in two threads at once can deadlock in
-        # torch's lazy imports (a failure that would mark the key broken).
-        with _compile_lock:
-            kern = _cache.get(key)  # another thread may have compiled it meanwhile
-            if kern is None:
-                if key in _broken:
-                    return eager()
-                return _run(x, fmt, rounding, seed, inplace, eager, key, None)
-    return _run(x, fmt, rounding, seed, inplace, eager, key, kern)
-
-
-def _run(
-    x: torch.Tensor,
-    fmt: Format,
-    rounding: Rounding,
-    seed: torch.Tensor | None,
-    inplace: bool,
-    eager: Callable[[], torch.Tensor],
-    key: tuple[Hashable, ...],
-    kern: KernelFn | None,
-) -> torch.Tensor:
-    """:func:`quantize_compiled` once the kernel is known (None: compile it first)."""
+    if kern is None and key in _broken:
+        return eager()
     write_into_arg = bool(key[-1])
     src = x if x.is_contiguous() else x.contiguous()
     # The flat view of a row-major tensor keeps each element's row-major index, so the
@@ -361,19 +340,26 @@ def _run(
     arg = src.view(-1) if flatten else src
     try:
         if kern is None:
-            # Only the compile needs the marks (on a view: x itself is not marked): the
-            # graph it makes has symbolic sizes, and later inputs of any size (unmarked)
-            # match it without recompiling.
-            arg = arg.view(arg.shape)
-            _mark_dynamic(arg)
-            # The first call compiles. Inductor's own deprecation notices are not the user's
-            # business (and under ``-W error`` they would make every compile fail).
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                kern = _make_kernel(fmt, rounding, x.dtype, write_into_arg)
-                out = kern(arg, seed)
-            with _lock:
-                _cache[key] = kern
+            # One first call at a time: first compiles in two threads at once can deadlock
+            # in torch's lazy imports (a failure that would mark the key broken).
+            with _compile_lock:
+                kern = _cache.get(key)  # another thread may have compiled it meanwhile
+                if kern is None:
+                    # Only the compile needs the marks (on a view: x itself is not marked):
+                    # the graph it makes has symbolic sizes, and later inputs of any size
+                    # (unmarked) match it without recompiling.
+                    arg = arg.view(arg.shape)
+                    _mark_dynamic(arg)
+                    # Inductor's own deprecation notices are not the user's business (and
+                    # under ``-W error`` they would make every compile fail).
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        kern = _make_kernel(fmt, rounding, x.dtype, write_into_arg)
+                        out = kern(arg, seed)
+                    with _lock:
+                        _cache[key] = kern
+                else:
+                    out = kern(arg, seed)
         else:
             out = kern(arg, seed)
     except Exception as err:
