@@ -1,9 +1,13 @@
 """Counter-based stochastic-rounding noise (qtorch.kernels.noise).
 
-Oracles: the published SplitMix64 outputs (Rosetta Code, "Pseudo-random numbers/Splitmix64",
-seed 1234567) and a pure-Python reference with explicit ``% 2**64`` arithmetic, compared
-bitwise on the eager and the compiled path; statistical checks with bounds of about six
-standard deviations (the seeds are fixed, so every run draws the same numbers).
+Oracles: for float64 noise the published SplitMix64 outputs (Rosetta Code, "Pseudo-random
+numbers/Splitmix64", seed 1234567) and a pure-Python SplitMix64 with explicit ``% 2**64``;
+for float32 noise a pure-Python keyed triple32 (Wellons' published function, written from its
+definition with explicit ``% 2**32``), whose inverse (multiplicative inverses and inverted
+xorshifts) also undoes our hash. Compared bitwise on the eager and the compiled path, and on
+both ways of building the index. Statistical checks with bounds of about six standard
+deviations (the seeds are fixed, so every run draws the same numbers); the larger sweeps of
+the same checks are marked slow.
 """
 
 from __future__ import annotations
@@ -36,7 +40,47 @@ def reference_splitmix64(seed: int, index: int) -> int:
     return z ^ (z >> 31)
 
 
+M32 = 2**32
+TRIPLE = (0xED5AD4BB, 0xAC4C1B51, 0x31848BAB)
+GOLDEN32 = 0x9E3779B9
+
+
+def reference_hash32(seed: int, index: int) -> int:
+    """Keyed triple32 of a 64-bit index (noise.py's module docstring), unsigned 32 bits."""
+    seed %= M64
+    k0, k1 = seed % M32, seed >> 32
+    x = (index % M32 + k0) % M32
+    x ^= x >> 17
+    x = x * TRIPLE[0] % M32
+    x ^= k1 ^ (index >> 32) * GOLDEN32 % M32
+    x ^= x >> 11
+    x = x * TRIPLE[1] % M32
+    x ^= x >> 15
+    x = x * TRIPLE[2] % M32
+    return x ^ (x >> 14)
+
+
+def inverse_hash32(seed: int, word: int) -> int:
+    """The low word of the index whose :func:`reference_hash32` (high word 0) is ``word``."""
+
+    def unshift(x: int, n: int) -> int:  # inverse of x ^= x >> n on 32 bits
+        y = x
+        for _ in range(32 // n + 1):
+            y = x ^ (y >> n)
+        return y
+
+    seed %= M64
+    k0, k1 = seed % M32, seed >> 32
+    x = unshift(word, 14) * pow(TRIPLE[2], -1, M32) % M32
+    x = unshift(x, 15) * pow(TRIPLE[1], -1, M32) % M32
+    x = unshift(x, 11) ^ k1
+    x = unshift(x * pow(TRIPLE[0], -1, M32) % M32, 17)
+    return (x - k0) % M32
+
+
 def reference_uniform(seed: int, index: int, bits: int) -> float:
+    if bits == 24:
+        return (reference_hash32(seed, index) >> 8) / 2**24
     return (reference_splitmix64(seed, index) >> (64 - bits)) / 2**bits
 
 
@@ -80,6 +124,13 @@ INDUCTOR_NOTICES = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 _compiled_hash = torch.compile(noise.splitmix64, fullgraph=True, dynamic=True)
 
 
+def _hash32(seed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return noise.hash32(seed, index, (index >> 32).to(torch.int32))
+
+
+_compiled_hash32 = torch.compile(_hash32, fullgraph=True, dynamic=True)
+
+
 @INDUCTOR_NOTICES
 @pytest.mark.parametrize("path", ["eager", "compiled"])
 def test_hash_wraps_like_python_integers(path: str) -> None:
@@ -89,6 +140,29 @@ def test_hash_wraps_like_python_integers(path: str) -> None:
         got = noise.splitmix64(s, index) if path == "eager" else _compiled_hash(s, index)
         expected = [reference_splitmix64(seed, i) for i in index.tolist()]
         assert _unsigned(got) == expected, seed
+        got = _hash32(s, index) if path == "eager" else _compiled_hash32(s, index)
+        expected = [reference_hash32(seed, i) for i in index.tolist()]
+        assert [v % M32 for v in got.tolist()] == expected, seed
+
+
+def test_hash32_is_keyed_triple32_and_inverts() -> None:
+    # seed 0, high word 0: Wellons' triple32 itself, x ^= x >> 17; x *= 0xed5ad4bb; ...
+    index = torch.tensor([0, 1, 2, 0x7FFFFFFF, 2**31, 2**32 - 1])
+    got = noise.hash32(torch.tensor(0), index, 0)
+    assert [v % M32 for v in got.tolist()] == [reference_hash32(0, i) for i in index.tolist()]
+    # for every seed, a bijection of the low word: the inverse function recovers the index
+    low = torch.randint(0, 2**32, (300,), generator=torch.Generator().manual_seed(1))
+    for seed in SEEDS:
+        words = noise.hash32(torch.tensor(seed), low, 0).tolist()
+        assert [inverse_hash32(seed, w % M32) for w in words] == low.tolist(), seed
+
+
+def test_high_word_is_an_int_or_a_tensor() -> None:
+    s = torch.tensor(-0x5DEECE66D1234567)
+    index = torch.arange(5 * 2**32 - 3, 5 * 2**32 + 3)
+    whole = noise.hash32(s, index, (index >> 32).to(torch.int32))
+    assert torch.equal(noise.hash32(s, index[:3], 4), whole[:3])
+    assert torch.equal(noise.hash32(s, index[3:], 5), whole[3:])
 
 
 def _uniform(seed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -115,6 +189,55 @@ def test_uniform_matches_reference_eager_and_compiled(dtype: torch.dtype) -> Non
                 [reference_uniform(seed, i, bits) for i in range(n)], dtype=dtype
             )
             assert bits_equal(eager, expected), (n, seed)
+
+
+def test_range_across_2_to_the_32_matches_reference() -> None:
+    # float32 noise is made one run of 2**32 indices at a time (one high word per run)
+    for seed in SEEDS[::2]:
+        s = torch.tensor(seed)
+        for start, stop in ((2**32 - 40, 2**32 + 40), (3 * 2**32 - 1, 3 * 2**32 + 1)):
+            got = noise.uniform_range(s, start, stop)
+            expected = torch.tensor([reference_uniform(seed, i, 24) for i in range(start, stop)])
+            assert bits_equal(got, expected), (seed, start)
+
+
+def _rows(seed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return noise.uniform_from_counter(seed, x.shape, x.dtype, row=x.shape[-1])
+
+
+_compiled_rows = torch.compile(_rows, fullgraph=True)
+
+
+@INDUCTOR_NOTICES
+@pytest.mark.parametrize("shape", [(33, 16), (5, 32), (3, 4, 64), (7, 48), (6, 8), (100,)], ids=str)
+def test_index_by_lanes_is_the_flat_index(shape: tuple[int, ...]) -> None:
+    # row= builds the index per row where the row length allows it: the same numbers
+    for seed in SEEDS[1::3]:
+        s = torch.tensor(seed)
+        flat = noise.uniform_from_counter(s, shape)
+        x = torch.empty(shape)
+        torch._dynamo.mark_dynamic(x, 0)
+        assert bits_equal(_rows(s, x), flat), (shape, seed)
+        assert bits_equal(_compiled_rows(s, x), flat), (shape, seed)
+        n = math.prod(shape)
+        expected = torch.tensor([reference_uniform(seed, i, 24) for i in range(n)])
+        assert bits_equal(flat.view(-1), expected), (shape, seed)
+
+
+@INDUCTOR_NOTICES
+def test_rows_of_any_count_share_one_graph() -> None:
+    from torch._dynamo.utils import counters
+
+    fresh = torch.compile(_rows, fullgraph=True)
+    s = torch.tensor(-3)
+    graphs = None
+    for rows in (64, 48, 100, 2, 7):
+        x = torch.empty(rows, 32)
+        torch._dynamo.mark_dynamic(x, 0)
+        assert bits_equal(fresh(s, x), noise.uniform_from_counter(s, x.shape)), rows
+        if graphs is None:
+            graphs = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_eager_chunks_match_reference(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,6 +334,45 @@ def test_different_seeds_are_uncorrelated(a: int, b: int) -> None:
     u, v = _sample(a), _sample(b)
     assert abs(_correlation(u, v)) < 6 / math.sqrt(N)
     assert float((u == v).double().mean()) < 1e-3  # equal 24-bit values: chance 2**-24 each
+
+
+def _top_bits(words: torch.Tensor, bits: int) -> torch.Tensor:
+    """The top ``bits`` bits of int32 words, as int64 in 0 .. 2**bits - 1."""
+    return (words.long() % M32) >> (32 - bits)
+
+
+def _pair_chi_square(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Chi-square of the 256 x 256 table of pairs (top bytes of a and b), and its bound."""
+    cells = torch.bincount(_top_bits(a, 8) * 256 + _top_bits(b, 8), minlength=65536)
+    return _chi_square(cells), _chi_square_bound(65536)
+
+
+def _pairs_are_independent(n: int, seed: int) -> None:
+    """The checks that single rounds of xorshift-multiply hashes fail on counters."""
+    s, i = torch.tensor(seed), torch.arange(n)
+    words = noise.hash32(s, i, 0)
+    for bit in (0, 1, 4, 8, 12, 16, 20, 24, 28, 31):  # indices one bit apart
+        chi, bound = _pair_chi_square(words, noise.hash32(s, i ^ (1 << bit), 0))
+        assert chi < bound, ("index bit", bit, chi)
+    for lag in (1, 2, 16, 256, 4096):
+        chi, bound = _pair_chi_square(words[:-lag], words[lag:])
+        assert chi < bound, ("lag", lag, chi)
+    for high in (1, 2, 7):  # the same low words in the next runs of 2**32 indices
+        chi, bound = _pair_chi_square(words, noise.hash32(s, i, high))
+        assert chi < bound, ("high word", high, chi)
+    t = _top_bits(words, 5)  # triples of neighbours, 32**3 cells
+    cells = torch.bincount(t[:-2] * 1024 + t[1:-1] * 32 + t[2:], minlength=32768)
+    assert _chi_square(cells) < _chi_square_bound(32768)
+
+
+def test_neighbours_and_related_indices_are_independent() -> None:
+    _pairs_are_independent(2**20, 0x0123456789ABCDEF)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, -1, 1234567, -0x5DEECE66D1234567])
+def test_neighbours_and_related_indices_are_independent_2_to_the_24(seed: int) -> None:
+    _pairs_are_independent(2**24, seed)
 
 
 # --- the seed and the quantizers --------------------------------------------------------
