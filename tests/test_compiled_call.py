@@ -28,12 +28,21 @@ def _compiled_mode() -> Iterator[None]:
         yield
 
 
-def _kernel(fmt: qtorch.Format, rounding: Rounding, in_place: bool = False) -> CompiledKernel:
-    """The one compiled kernel of fmt and rounding (key: fmt, rounding, ..., in place)."""
+def _kernel(
+    fmt: qtorch.Format, rounding: Rounding, in_place: bool = False, shape_key: object = None
+) -> CompiledKernel:
+    """The one compiled kernel of fmt and rounding (key: fmt, rounding, ..., in place).
+
+    ``shape_key`` picks one of an elementwise format's kernels: "flat" or "rows" (its
+    stochastic kernel on the (n / 16, 16) view).
+    """
     (kern,) = [
         k
         for key, k in fused._cache.items()
-        if key[0] == fmt and key[1] == rounding and key[-1] == in_place
+        if key[0] == fmt
+        and key[1] == rounding
+        and key[-1] == in_place
+        and (shape_key is None or key[4] == shape_key)
     ]
     assert isinstance(kern, CompiledKernel)
     return kern
@@ -72,22 +81,29 @@ def _values(*shape: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("name", "rounding"),
+    ("name", "rounding", "length"),
     [
-        ("fixed(8,4)", Rounding.NEAREST),
-        ("fixed(8,4)", Rounding.STOCHASTIC),
-        ("block(8,0)", Rounding.NEAREST),
-        ("codebook16", Rounding.NEAREST),
+        ("fixed(8,4)", Rounding.NEAREST, 2000),
+        ("fixed(8,4)", Rounding.STOCHASTIC, 2001),  # flat: 16 does not divide the sizes
+        ("fixed(8,4)", Rounding.STOCHASTIC, 4096),  # the (n / 16, 16) view
+        ("posit(8,2)", Rounding.STOCHASTIC, 4096),
+        ("block(8,0)", Rounding.NEAREST, 2000),
+        ("codebook16", Rounding.NEAREST, 2000),
+        ("mx", Rounding.STOCHASTIC, 4096),  # noise made per block
     ],
     ids=str,
 )
 def test_repeated_shapes_skip_dynamo_and_match_eager(
-    monkeypatch: pytest.MonkeyPatch, name: str, rounding: Rounding
+    monkeypatch: pytest.MonkeyPatch, name: str, rounding: Rounding, length: int
 ) -> None:
     fmt = family_format(name)
-    shapes = [(3, 4111), (5, 2000), (3, 4111), (5, 2000), (3, 4111)]
+    first = 4111 if length % 16 else 4112
+    shapes = [(3, first), (5, length), (3, first), (5, length), (3, first)]
     qtorch.quantize(_values(*shapes[0]), fmt, rounding)  # compiled now
-    kern = _kernel(fmt, rounding)
+    rows = rounding is Rounding.STOCHASTIC and fmt.row_view_noise and length % 16 == 0
+    kern = _kernel(
+        fmt, rounding, shape_key=("rows" if rows else "flat") if fmt.elementwise else None
+    )
     calls = _count_dynamo(monkeypatch, kern)
     for seed, shape in enumerate(shapes):
         x = _values(*shape)

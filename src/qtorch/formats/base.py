@@ -7,6 +7,7 @@ derived property. :func:`qtorch.quantize` talks to a format only through this pr
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -30,6 +31,11 @@ class Format(abc.ABC):
     #: (block floating point, MX: a shared exponent per block) set this to False.
     elementwise: ClassVar[bool] = True
 
+    #: Whether the compiled path may hand an elementwise format's stochastic kernel x as an
+    #: ``(n / 16, 16)`` view (when 16 divides n), in which the noise's index is built per
+    #: row, which is faster (see :mod:`qtorch.kernels.noise`).
+    row_view_noise: ClassVar[bool] = True
+
     @abc.abstractmethod
     def quantize_kernel(
         self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None
@@ -40,6 +46,18 @@ class Format(abc.ABC):
         :attr:`Rounding.STOCHASTIC`, else ``None``. Must not modify ``x`` and must not branch
         in Python on tensor values, so that ``torch.compile`` can fuse it.
         """
+
+    def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
+        """The shape a compiled kernel makes x's noise in, and that shape's static row length.
+
+        Stochastic noise is a function of each element's row-major index, so any shape with
+        x's elements in the same row-major order gives the same numbers once viewed as x's
+        shape. A format whose kernel works on a view of x with a last dimension of constant
+        length (MX and NVFP4: blocks along the last dimension) returns that view's shape and
+        length, and the noise's index is then built per row, which is faster
+        (:func:`qtorch.kernels.noise.uniform_from_counter`). Default: ``(shape, None)``.
+        """
+        return tuple(shape), None
 
     def check_rounding(self, rounding: Rounding | str) -> Rounding:
         """Parse ``rounding`` and check that this format supports it (``ValueError`` if not)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -157,6 +158,10 @@ class MX(Format):
 
     def _dim_for(self, x: torch.Tensor) -> int:
         return kernel.normalize_dim(self.dim, x.dim(), "MX")
+
+    def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
+        """The blocks' layout, when they run along the last dimension and fill it."""
+        return kernel.noise_layout(shape, self.block_size, self.dim, "MX")
 
     def quantize_kernel(
         self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -120,6 +121,10 @@ class NVFP4(Format):
 
     def _dim_for(self, x: torch.Tensor) -> int:
         return kernel.normalize_dim(self.dim, x.dim(), "NVFP4")
+
+    def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
+        """The blocks' layout, when they run along the last dimension and fill it."""
+        return kernel.noise_layout(shape, self.block_size, self.dim, "NVFP4")
 
     def quantize_kernel(
         self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None

@@ -51,10 +51,19 @@ avoids the known traps:
   one int64 seed per call from the torch generator (a 0-d tensor on x's device, no host
   sync) and passes it as a kernel input, so a new seed never recompiles; the kernel computes
   the counter-based noise of each element's logical row-major index
-  (:func:`qtorch.kernels.noise.uniform_from_counter`, SplitMix64) fused with the format's
-  rounding, and the eager path calls the same function, so both give the same bits for the
-  same seed and ``torch.manual_seed`` reproduces them. No full-size noise tensor is drawn
-  serially, written or read.
+  (:func:`qtorch.kernels.noise.uniform_from_counter`: a keyed 32-bit hash for float32, 24
+  bits) fused with the format's rounding, and the eager path calls the same function, so
+  both give the same bits for the same seed and ``torch.manual_seed`` reproduces them. No
+  full-size noise tensor is drawn serially, written or read.
+* **Noise index per row.** Inductor's CPU code builds a flat loop's index vector from 16
+  scalars, at about the cost of the hash itself. An elementwise format's stochastic kernel
+  therefore gets x as an ``(n / 16, 16)`` view when 16 divides n (its own cache key) and
+  makes the noise per row, reading the 16 lane numbers from a small buffer; MX and NVFP4
+  make it per block (:meth:`qtorch.formats.base.Format.noise_layout`). Same numbers;
+  fixed(8,4) stochastic takes 0.71 of its time with SplitMix64 and the flat index, MX 0.88
+  (docs/performance.md). Codebooks opt out (``Format.row_view_noise``): on the view,
+  Inductor split a small table's kernel into a 2-D and a flat loop joined by a buffer of
+  bools, 10x slower.
 """
 
 from __future__ import annotations
@@ -73,7 +82,7 @@ import torch
 from qtorch.formats.base import Format
 from qtorch.kernel_mode import get_kernel_mode
 from qtorch.kernels.compiled_call import Capture, CompiledKernel, dispatch_mode_active
-from qtorch.kernels.noise import uniform_from_counter
+from qtorch.kernels.noise import LANES_MIN, uniform_from_counter
 from qtorch.rounding import Rounding
 
 #: In ``"auto"`` mode, tensors with fewer elements than this run eagerly (per device type).
@@ -176,18 +185,23 @@ def _compile(fn: Callable[..., torch.Tensor | None], backend: Capture) -> Kernel
 
 
 def _make_kernel(
-    fmt: Format, rounding: Rounding, out_dtype: torch.dtype, inplace: bool
+    fmt: Format, rounding: Rounding, out_dtype: torch.dtype, inplace: bool, rows: bool
 ) -> KernelFn:
     """A compiled kernel computing ``fmt.quantize_kernel`` on x, with the dtype casts fused.
 
     ``seed`` (stochastic rounding; None otherwise) is a 0-d int64 tensor; the noise is made
     from it inside the kernel. In place the kernel writes the result into x and returns
-    None; otherwise it returns a new tensor.
+    None; otherwise it returns a new tensor. ``rows``: x is the ``(n / ROW, ROW)`` view.
     """
 
     def kernel(x: torch.Tensor, seed: torch.Tensor | None) -> torch.Tensor | None:
         work = x if x.dtype in _WORKING else x.float()
-        noise = None if seed is None else uniform_from_counter(seed, work.shape, work.dtype)
+        noise = None
+        if seed is not None:
+            # made in the format's layout (the same numbers; see Format.noise_layout), or
+            # per row of the (n / ROW, ROW) view that elementwise formats get here
+            shape, row = (work.shape, ROW) if rows else fmt.noise_layout(work.shape)
+            noise = uniform_from_counter(seed, shape, work.dtype, row=row).view(work.shape)
         q = fmt.quantize_kernel(work, rounding, noise).to(out_dtype)
         if inplace:
             x.copy_(q)
@@ -299,11 +313,22 @@ def _key(
 ) -> tuple[Hashable, ...]:
     """The cache key: one compiled kernel (and one Dynamo code object) per key."""
     elementwise = fmt.elementwise
-    shape_key: Hashable = "flat" if elementwise else tuple(size == 1 for size in x.shape)
+    shape_key: Hashable
+    if not elementwise:
+        shape_key = tuple(size == 1 for size in x.shape)
+    elif rounding is Rounding.STOCHASTIC and fmt.row_view_noise and x.numel() % ROW == 0:
+        shape_key = "rows"
+    else:
+        shape_key = "flat"
     # Writing into an input from a graph with a reduction trips an Inductor bug in torch
     # 2.13 (InductorError KeyError 'buf1'), so block formats copy their result into x.
     write_into_arg = inplace and elementwise and x.is_contiguous()
     return (fmt, rounding, x.dtype, device_type, shape_key, write_into_arg)
+
+
+#: Row length of the view that elementwise stochastic kernels see (its noise index is built
+#: per row: :func:`qtorch.kernels.noise.uniform_from_counter`).
+ROW = LANES_MIN
 
 
 def quantize_compiled(
@@ -332,12 +357,19 @@ def quantize_compiled(
         return eager()
     write_into_arg = bool(key[-1])
     src = x if x.is_contiguous() else x.contiguous()
-    # The flat view of a row-major tensor keeps each element's row-major index, so the
-    # noise made from the seed inside the kernel is the eager path's. (Views are avoided
+    # The flat view of a row-major tensor (and its (n / ROW, ROW) view, for elementwise
+    # stochastic kernels) keeps each element's row-major index, so the noise made from the
+    # seed inside the kernel is the eager path's. (Views are avoided
     # where they are not needed: after a large kernel each costs 25-45 µs, the caches
     # holding tensor data; see qtorch.kernels.compiled_call.)
-    flatten = fmt.elementwise and src.dim() != 1
-    arg = src.view(-1) if flatten else src
+    rows = key[4] == "rows"  # the shape key
+    if rows:
+        arg = src.view(-1, ROW)
+    elif fmt.elementwise and src.dim() != 1:
+        arg = src.view(-1)
+    else:
+        arg = src
+    reshaped = arg is not src
     try:
         if kern is None:
             # One first call at a time: first compiles in two threads at once can deadlock
@@ -349,12 +381,12 @@ def quantize_compiled(
                     # the graph it makes has symbolic sizes, and later inputs of any size
                     # (unmarked) match it without recompiling.
                     arg = arg.view(arg.shape)
-                    _mark_dynamic(arg)
+                    _mark_dynamic(arg, arg.dim() - 1 if rows else None)
                     # Inductor's own deprecation notices are not the user's business (and
                     # under ``-W error`` they would make every compile fail).
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        kern = _make_kernel(fmt, rounding, x.dtype, write_into_arg)
+                        kern = _make_kernel(fmt, rounding, x.dtype, write_into_arg, rows)
                         out = kern(arg, seed)
                     with _lock:
                         _cache[key] = kern
@@ -370,22 +402,23 @@ def quantize_compiled(
         return x
     if out is arg or out is src:
         out = out.clone()
-    if flatten:
+    if reshaped:
         out = out.view(x.shape)
     if inplace:
         return x.copy_(out)
     return out
 
 
-def _mark_dynamic(arg: torch.Tensor) -> None:
+def _mark_dynamic(arg: torch.Tensor, static: int | None = None) -> None:
     """Compile for symbolic sizes (the format's own parameters stay constants).
 
     ``dynamic=True`` would also turn the format's integer parameters into symbols, which
     breaks kernels that do Python arithmetic on them; marking the sizes keeps them apart.
-    Dimensions of size 1 stay static (Dynamo specializes them; they are in the cache key).
+    Dimensions of size 1 stay static (Dynamo specializes them; they are in the cache key),
+    and so does dimension ``static`` (the rows' length of the stochastic view).
     """
     for dim, size in enumerate(arg.shape):
-        if size > 1:
+        if size > 1 and dim != static:
             torch._dynamo.mark_dynamic(arg, dim)
 
 

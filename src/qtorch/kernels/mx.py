@@ -23,7 +23,7 @@ vector of 16 elements (A/B of the split view against that: 0.85 nearest, 0.88 st
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -65,6 +65,23 @@ def to_blocks(x: torch.Tensor, block_size: int, dim: int) -> torch.Tensor:
         # F.pad lists (before, after) pairs from the last dimension backwards
         x = torch.nn.functional.pad(x, [0, 0] * (x.dim() - 1 - dim) + [0, block_size - short])
     return x.unflatten(dim, (x.shape[dim] // block_size, block_size))
+
+
+def noise_layout(
+    shape: Sequence[int], block_size: int, dim: int, caller: str
+) -> tuple[tuple[int, ...], int | None]:
+    """Where blocks run along the last dimension and fill it: the blocked shape and its rows.
+
+    For :meth:`qtorch.formats.base.Format.noise_layout` of a format with blocks of
+    ``block_size`` along ``dim`` (any valid index, see :func:`normalize_dim`):
+    ``(shape with the last dimension split into (n_blocks, block_size), block_size)``, the
+    layout of :func:`to_blocks`'s view, in which the element pass runs; otherwise
+    ``(shape, None)``.
+    """
+    last = len(shape) - 1
+    if last >= 0 and normalize_dim(dim, len(shape), caller) == last and shape[-1] % block_size == 0:
+        return (*shape[:-1], shape[-1] // block_size, block_size), block_size
+    return tuple(shape), None
 
 
 def from_blocks(blocked: torch.Tensor, dim: int, length: int) -> torch.Tensor:

@@ -9,10 +9,10 @@ is a copy of the per-block tensors, which are ``block_size`` times smaller than 
 
 Measured with ``benchmarks/ab.py`` (4,194,304 float32, one thread, same bits), time with
 against without: block(8) nearest 0.81-0.83 and stochastic 0.86-0.87, MX nearest 0.81-0.87
-and stochastic 0.97. NVFP4 does not use it: its block of 16 elements is one vector, so its
-scale was computed once per block already (A/B 0.99 nearest, 0.95 stochastic); and a
-single factor cannot be stored this way, since Inductor folds away a stack of one tensor,
-or of one tensor twice.
+and stochastic 0.97. NVFP4 stores its scales since its element pass runs on the
+``(n_blocks, 16)`` view (qtorch.kernels.mx). A single factor cannot be stored this way,
+since Inductor folds away a stack of one tensor, or of one tensor twice: stack it with a
+second tensor (NVFP4 its NaN flags; the noise's lane numbers a zero buffer).
 """
 
 from __future__ import annotations
