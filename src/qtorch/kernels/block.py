@@ -67,12 +67,16 @@ def quantize_block(
     quantum_exp = exponent(top) + (2 - wl)  # per block; NaN/Inf blocks: harmless, see below
     half = quantum_exp >> 1  # floor(quantum_exp / 2): a shift vectorizes, division does not
     nan_if_special = torch.where(top < math.inf, 1.0, math.nan).to(x.dtype)
-    down_1, down_2, up_1, up_2 = stored(
+    factors = (
         pow2(-half, x.dtype),
         pow2(half - quantum_exp, x.dtype),
         pow2(half, x.dtype) * nan_if_special,
         pow2(quantum_exp - half, x.dtype),
     )
+    # Stored once per block (see per_block), unless every element is its own block (1-D x
+    # with dim=0): stored, the factors would be four full-size tensors written and read.
+    single = dim != -1 and all(d == dim for d in range(x.ndim))
+    down_1, down_2, up_1, up_2 = factors if single else stored(*factors)
     magnitude = x.abs() * down_1 * down_2
     if rounding in (Rounding.STOCHASTIC, Rounding.DOWN, Rounding.UP):
         # an underflowed (to zero) magnitude rounds like any magnitude below the noise's
