@@ -121,6 +121,23 @@ def test_fused_in_place_matches_eager(name: str) -> None:
         assert bits_equal(y, expected), (name, tuple(x.shape))
 
 
+def test_fused_in_place_stochastic_matches_eager() -> None:
+    """In place on the (n / 16, 16) view (16 divides n) and on the flat one (it does not)."""
+    fmt = _format("fixed")
+    for shape in ((64, 1000), (4096,), (3, 4111)):
+        x = torch.randn(shape) * 4
+        with qtorch.kernel_mode("eager"):
+            seeded = torch.Generator().manual_seed(1)
+            expected = qtorch.quantize(x, fmt, "stochastic", generator=seeded)
+        y = x.clone()
+        ptr = y.data_ptr()
+        with qtorch.kernel_mode("compiled"):
+            seeded = torch.Generator().manual_seed(1)
+            result = qtorch.quantize_(y, fmt, "stochastic", generator=seeded)
+        assert result is y and y.data_ptr() == ptr
+        assert bits_equal(y, expected), shape
+
+
 @pytest.mark.parametrize(
     ("dtype", "rounding", "in_place"),
     [
