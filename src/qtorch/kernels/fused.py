@@ -57,11 +57,11 @@ avoids the known traps:
   full-size noise tensor is drawn serially, written or read.
 * **Noise index per row.** Inductor's CPU code builds a flat loop's index vector from 16
   scalars, at about the cost of the hash itself. An elementwise format's stochastic kernel
-  therefore gets x as an ``(n / 16, 16)`` view when 16 divides n (its own cache key) and
-  makes the noise per row, reading the 16 lane numbers from a small buffer; MX and NVFP4
-  make it per block (:meth:`qtorch.formats.base.Format.noise_layout`). Same numbers;
+  therefore makes the noise in rows of 16, reading the 16 lane numbers from a small buffer,
+  when 16 divides n (its own cache key), and gets x as the ``(n / 16, 16)`` view; MX and
+  NVFP4 make it per block (:meth:`qtorch.formats.base.Format.noise_layout`). Same numbers;
   fixed(8,4) stochastic takes 0.71 of its time with SplitMix64 and the flat index, MX 0.88
-  (docs/performance.md). Codebooks opt out (``Format.row_view_noise``): on the view,
+  (docs/performance.md). Codebooks keep x flat (``Format.row_view_noise``): on the view,
   Inductor split a small table's kernel into a 2-D and a flat loop joined by a buffer of
   bools, 10x slower.
 """
@@ -191,7 +191,9 @@ def _make_kernel(
 
     ``seed`` (stochastic rounding; None otherwise) is a 0-d int64 tensor; the noise is made
     from it inside the kernel. In place the kernel writes the result into x and returns
-    None; otherwise it returns a new tensor. ``rows``: x is the ``(n / ROW, ROW)`` view.
+    None; otherwise it returns a new tensor. ``rows``: 16 divides x's size, and the noise is
+    made in rows of ``ROW`` (x is the ``(n / ROW, ROW)`` view or, if the format opts out of
+    it, flat).
     """
 
     def kernel(x: torch.Tensor, seed: torch.Tensor | None) -> torch.Tensor | None:
@@ -199,7 +201,7 @@ def _make_kernel(
         noise = None
         if seed is not None:
             # made in the format's layout (the same numbers; see Format.noise_layout), or
-            # per row of the (n / ROW, ROW) view that elementwise formats get here
+            # in rows of ROW elements (elementwise formats, 16 dividing the size)
             shape, row = (work.shape, ROW) if rows else fmt.noise_layout(work.shape)
             noise = uniform_from_counter(seed, shape, work.dtype, row=row).view(work.shape)
         q = fmt.quantize_kernel(work, rounding, noise).to(out_dtype)
@@ -316,7 +318,7 @@ def _key(
     shape_key: Hashable
     if not elementwise:
         shape_key = tuple(size == 1 for size in x.shape)
-    elif rounding is Rounding.STOCHASTIC and fmt.row_view_noise and x.numel() % ROW == 0:
+    elif rounding is Rounding.STOCHASTIC and x.numel() % ROW == 0:
         shape_key = "rows"
     else:
         shape_key = "flat"
@@ -363,7 +365,8 @@ def quantize_compiled(
     # where they are not needed: after a large kernel each costs 25-45 µs, the caches
     # holding tensor data; see qtorch.kernels.compiled_call.)
     rows = key[4] == "rows"  # the shape key
-    if rows:
+    view_rows = rows and fmt.row_view_noise
+    if view_rows:
         arg = src.view(-1, ROW)
     elif fmt.elementwise and src.dim() != 1:
         arg = src.view(-1)
@@ -381,7 +384,7 @@ def quantize_compiled(
                     # the graph it makes has symbolic sizes, and later inputs of any size
                     # (unmarked) match it without recompiling.
                     arg = arg.view(arg.shape)
-                    _mark_dynamic(arg, arg.dim() - 1 if rows else None)
+                    _mark_dynamic(arg, arg.dim() - 1 if view_rows else None)
                     # Inductor's own deprecation notices are not the user's business (and
                     # under ``-W error`` they would make every compile fail).
                     with warnings.catch_warnings():
