@@ -33,8 +33,8 @@ def _kernel(
 ) -> CompiledKernel:
     """The one compiled kernel of fmt and rounding (key: fmt, rounding, ..., in place).
 
-    ``shape_key`` picks one of an elementwise format's kernels: "flat" or "rows" (its
-    stochastic kernel on the (n / 16, 16) view).
+    ``shape_key`` picks one of the kernels of a format with ``flat_kernel``: "flat" or
+    "rows" (its stochastic kernel when 16 divides the size).
     """
     (kern,) = [
         k
@@ -90,6 +90,8 @@ def _values(*shape: int) -> torch.Tensor:
         ("block(8,0)", Rounding.NEAREST, 2000),
         ("codebook16", Rounding.NEAREST, 2000),
         ("mx", Rounding.STOCHASTIC, 4096),  # noise made per block
+        ("block", Rounding.NEAREST, 2000),  # one block per tensor: flattened
+        ("block", Rounding.STOCHASTIC, 4096),  # flattened, noise in rows of 16
     ],
     ids=str,
 )
@@ -100,9 +102,9 @@ def test_repeated_shapes_skip_dynamo_and_match_eager(
     first = 4111 if length % 16 else 4112
     shapes = [(3, first), (5, length), (3, first), (5, length), (3, first)]
     qtorch.quantize(_values(*shapes[0]), fmt, rounding)  # compiled now
-    rows = rounding is Rounding.STOCHASTIC and fmt.row_view_noise and length % 16 == 0
+    rows = rounding is Rounding.STOCHASTIC and length % 16 == 0
     kern = _kernel(
-        fmt, rounding, shape_key=("rows" if rows else "flat") if fmt.elementwise else None
+        fmt, rounding, shape_key=("rows" if rows else "flat") if fmt.flat_kernel else None
     )
     calls = _count_dynamo(monkeypatch, kern)
     for seed, shape in enumerate(shapes):

@@ -37,6 +37,16 @@ class Format(abc.ABC):
     #: is faster for most formats (fixed point: x flat took 1.13 times as long).
     row_view_noise: ClassVar[bool] = True
 
+    @property
+    def flat_kernel(self) -> bool:
+        """Whether the compiled path may run the kernel on x flattened to 1-D (x contiguous).
+
+        True where the result does not depend on x's shape: elementwise formats, and block
+        floating point with one block per tensor. Such formats get one compiled kernel for
+        every shape, and their stochastic noise made in rows of 16.
+        """
+        return self.elementwise
+
     @abc.abstractmethod
     def quantize_kernel(
         self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None

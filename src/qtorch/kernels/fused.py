@@ -4,14 +4,15 @@ The eager reference is ``fmt.quantize_kernel``; this module runs the same code c
 Inductor (vectorized C++ with OpenMP on CPU, Triton on CUDA) as one fused kernel. How it
 avoids the known traps:
 
-* **Sizes.** Elementwise formats see every contiguous input as one flat 1-D tensor whose
+* **Sizes.** Elementwise formats (and block floating point with one block per tensor:
+  ``Format.flat_kernel``) see every contiguous input as one flat 1-D tensor whose
   length is marked dynamic, so the kernel is compiled once for a symbolic length. On
   torch 2.13 that kernel vectorizes on CPU like a static one (a vector loop plus a masked
   tail; measured in docs/performance.md), so a new size never recompiles and shapes of any
   rank share one kernel. Only the sizes are symbolic: ``dynamic=True`` would also turn the
-  format's integer parameters into symbols. Formats that reduce over the tensor
-  (``Format.elementwise`` False: block, MX) keep their shape; their kernel is compiled once
-  per rank and pattern of size-1 dimensions (which Dynamo specializes).
+  format's integer parameters into symbols. The other formats (block floating point with
+  a block per slice, MX, NVFP4) keep their shape; their kernel is compiled once per rank
+  and pattern of size-1 dimensions (which Dynamo specializes).
 * **Recompile limit.** Dynamo caches compiled graphs per Python code object and allows
   ``recompile_limit`` (8) of them. Each cache key here gets its own copy of the kernel's
   code object, so every code object holds one graph and the global limit is never reached
@@ -314,9 +315,8 @@ def _key(
     x: torch.Tensor, fmt: Format, rounding: Rounding, inplace: bool, device_type: str
 ) -> tuple[Hashable, ...]:
     """The cache key: one compiled kernel (and one Dynamo code object) per key."""
-    elementwise = fmt.elementwise
     shape_key: Hashable
-    if not elementwise:
+    if not fmt.flat_kernel:
         shape_key = tuple(size == 1 for size in x.shape)
     elif rounding is Rounding.STOCHASTIC and x.numel() % ROW == 0:
         shape_key = "rows"
@@ -324,7 +324,7 @@ def _key(
         shape_key = "flat"
     # Writing into an input from a graph with a reduction trips an Inductor bug in torch
     # 2.13 (InductorError KeyError 'buf1'), so block formats copy their result into x.
-    write_into_arg = inplace and elementwise and x.is_contiguous()
+    write_into_arg = inplace and fmt.elementwise and x.is_contiguous()
     return (fmt, rounding, x.dtype, device_type, shape_key, write_into_arg)
 
 
@@ -368,7 +368,7 @@ def quantize_compiled(
     view_rows = rows and fmt.row_view_noise
     if view_rows:
         arg = src.view(-1, ROW)
-    elif fmt.elementwise and src.dim() != 1:
+    elif fmt.flat_kernel and src.dim() != 1:
         arg = src.view(-1)
     else:
         arg = src
