@@ -111,7 +111,8 @@ _TRIPLE2 = _signed32(0xAC4C1B51)
 _TRIPLE3 = _signed32(0x31848BAB)
 GOLDEN32 = _signed32(0x9E3779B9)
 
-_RESOLUTION_BITS = {torch.float32: 24, torch.float64: 53}
+#: The noise's dtypes: float32 (24 random bits) and float64 (53).
+_NOISE_DTYPES = (torch.float32, torch.float64)
 
 #: Eagerly, the noise is made in chunks of this many elements: integer temporaries of 1-2
 #: MiB stay in the cache and are reused by the allocator (full-size temporaries cost a
@@ -126,7 +127,7 @@ LANES_MIN = 16
 def _shift_right_logical(z: torch.Tensor, n: int) -> torch.Tensor:
     """``z >> n`` on the bit pattern (torch's signed ``>>`` copies the sign bit)."""
     width = 64 if z.dtype == torch.int64 else 32
-    return (z >> n) & ((1 << (width - n)) - 1)
+    return (z >> n).bitwise_and_((1 << (width - n)) - 1)  # z >> n is a new tensor
 
 
 def splitmix64(seed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -213,7 +214,7 @@ def uniform_from_counter(
     >>> bool(((u >= 0) & (u < 1)).all()), u.shape
     (True, torch.Size([2, 3]))
     """
-    if dtype not in _RESOLUTION_BITS:
+    if dtype not in _NOISE_DTYPES:
         raise ValueError(f"uniform_from_counter: dtype must be float32 or float64, got {dtype}")
     numel = 1
     for size in shape:
@@ -252,7 +253,7 @@ def uniform_range(
     >>> torch.equal(uniform_range(s, 3, 9), uniform_from_counter(s, (12,))[3:9])
     True
     """
-    if dtype not in _RESOLUTION_BITS:
+    if dtype not in _NOISE_DTYPES:
         raise ValueError(f"uniform_range: dtype must be float32 or float64, got {dtype}")
     if not 0 <= start <= stop:
         raise ValueError(f"uniform_range: need 0 <= start <= stop, got {start}, {stop}")
