@@ -24,7 +24,13 @@ from qtorch.formats.floating import FloatingPoint
 from qtorch.formats.posit import Posit
 from qtorch.kernels.bits import copysign, exponent, isnan, layout, mul_pow2, signbit
 from qtorch.kernels.per_block import stored
-from qtorch.kernels.round import round_fraction_bits, round_scaled, round_to_quantum
+from qtorch.kernels.round import (
+    binades_fit,
+    round_binades_stochastic,
+    round_fraction_bits,
+    round_scaled,
+    round_to_quantum,
+)
 from qtorch.rounding import Rounding
 
 DTYPES = [torch.float32, torch.float64]
@@ -126,6 +132,33 @@ def test_round_scaled_matches_reference(dtype: torch.dtype, rounding: Rounding) 
         got = round_scaled(x, q, rounding, noise)
         assert bits_equal(got, expected), f"q={q}"
         assert torch.equal(torch.isnan(got), torch.isnan(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_round_binades_stochastic_matches_reference(dtype: torch.dtype) -> None:
+    lay = layout(dtype)
+    cases = [(1, 0), (1, 1), (3, -6), (2, -2), (3, -7), (10, -14), (1, lay.min_normal_exp + 1)]
+    cases += [(lay.mantissa_bits, lay.min_normal_exp + lay.mantissa_bits)]
+    for man, floor_exp in cases:
+        assert binades_fit(dtype, man, floor_exp)
+        x = torch.cat([_random_bits(4000, dtype, seed=man - floor_exp), SPECIALS_F32.to(dtype)])
+        scaled = x * 2.0 ** (floor_exp - lay.min_normal_exp) if floor_exp < 0 else x
+        x = torch.cat([x, scaled[:1000], (x * 2.0**-120)[:1000], torch.tensor([0.75, -2.5])])
+        x = x.to(dtype)
+        noise = _noise(x, seed=man)
+        quantum_exp = torch.clamp(exponent(x), min=floor_exp) - man
+        expected = round_to_quantum(x, quantum_exp, Rounding.STOCHASTIC, noise)
+        got = round_binades_stochastic(x, man, floor_exp, noise)
+        nan = torch.isnan(x)
+        assert torch.equal(torch.isnan(got), nan), (man, floor_exp)
+        assert bits_equal(got[~nan], expected[~nan]), (man, floor_exp)
+
+
+def test_binades_fit_refuses_quanta_it_cannot_scale_exactly() -> None:
+    assert not binades_fit(torch.float32, 0, -3)  # no fraction bit
+    assert not binades_fit(torch.float32, 7, -126)  # quantum 2**-133 is subnormal
+    assert not binades_fit(torch.float32, 1, 2)  # the inverse 2**-1 scales below 1
+    assert binades_fit(torch.float64, 7, -126)
 
 
 def test_round_scaled_keeps_tiny_values_rounding_away() -> None:

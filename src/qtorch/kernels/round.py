@@ -162,3 +162,37 @@ def round_fraction_bits(
     else:
         raise ValueError(f"unknown rounding {rounding!r}")
     return (kept + (up.to(lay.int_dtype) << drop)).view(x.dtype)
+
+
+def round_binades_stochastic(
+    x: torch.Tensor, man: int, floor_exp: int, noise: torch.Tensor
+) -> torch.Tensor:
+    """Stochastic rounding to the quantum 2**(max(exponent(x), floor_exp) - man), in one pass.
+
+    The same results as ``round_fraction_bits`` from 2**floor_exp up and ``round_scaled``
+    with the quantum 2**(floor_exp - man) below it (up when ``noise`` is below the scaled
+    magnitude's fraction), with one formula for both: the quantum and its inverse are
+    powers of two made from x's exponent field, the magnitude is scaled to an integer grid
+    by the inverse (exact), rounded, and scaled back. Needs ``man >= 1`` and
+    ``min_normal_exp <= floor_exp - man <= 0`` for the working dtype (every quantum and
+    inverse normal, no scaling below 1): check with :func:`binades_fit`. ±Inf stay ±Inf,
+    NaN stays NaN, zeros keep their sign.
+    """
+    lay = layout(x.dtype)
+    top = 2 * lay.bias  # the largest normal field
+    fields = x.view(lay.int_dtype) & (((1 << lay.exponent_bits) - 1) << lay.mantissa_bits)
+    # field of the quantum, at most top - man: ±Inf and NaN take the top binade's quantum
+    quantum_bits = fields.clamp(
+        (floor_exp + lay.bias) << lay.mantissa_bits, top << lay.mantissa_bits
+    )
+    quantum_bits = quantum_bits - (man << lay.mantissa_bits)
+    inverse = ((top << lay.mantissa_bits) - quantum_bits).view(x.dtype)  # 2**-quantum_exp
+    k = x.abs() * inverse
+    low = torch.floor(k)
+    rounded = torch.where(noise < k - low, low + 1.0, low) * quantum_bits.view(x.dtype)
+    return copysign(rounded, x)
+
+
+def binades_fit(dtype: torch.dtype, man: int, floor_exp: int) -> bool:
+    """Whether :func:`round_binades_stochastic` applies to ``man`` and ``floor_exp``."""
+    return man >= 1 and layout(dtype).min_normal_exp <= floor_exp - man <= 0
