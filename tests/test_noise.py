@@ -201,6 +201,19 @@ def test_range_across_2_to_the_32_matches_reference() -> None:
             assert bits_equal(got, expected), (seed, start)
 
 
+def test_rows_across_2_to_the_32_match_reference() -> None:
+    # rows are made one run of 2**32 indices at a time too
+    for seed in SEEDS[1::2]:
+        s = torch.tensor(seed)
+        for first, rows, length in ((2**28 - 2, 5, 16), (3 * 2**27 - 1, 2, 32), (5, 3, 16)):
+            got = noise._uniform_rows(s, rows, length, first)
+            assert got.shape == (rows, length)
+            start = first * length
+            indices = range(start, start + rows * length)
+            expected = torch.tensor([reference_uniform(seed, i, 24) for i in indices])
+            assert bits_equal(got.view(-1), expected), (seed, first)
+
+
 def _rows(seed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return noise.uniform_from_counter(seed, x.shape, x.dtype, row=x.shape[-1])
 

@@ -171,11 +171,19 @@ def hash32(seed: torch.Tensor, index: torch.Tensor, high: torch.Tensor | int) ->
         z = (index + seed).to(torch.int32)
     else:
         z = index + seed.to(torch.int32)
+    return _triple32_keyed(z, _key(seed, high))
+
+
+def _key(seed: torch.Tensor, high: torch.Tensor | int) -> torch.Tensor:
+    """``k1 ^ high * GOLDEN32`` (int32): what :func:`hash32` XORs in after its first round."""
     k1 = (seed >> 32).to(torch.int32)
     if isinstance(high, int):
-        key = k1 ^ _signed32(high * (GOLDEN32 % 2**32) % 2**32)
-    else:
-        key = (high * GOLDEN32).bitwise_xor_(k1)
+        return k1 ^ _signed32(high * (GOLDEN32 % 2**32) % 2**32)
+    return (high * GOLDEN32).bitwise_xor_(k1)
+
+
+def _triple32_keyed(z: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """:func:`hash32` of the words ``z = c + k0`` (int32, overwritten) with its ``key``."""
     z = z.bitwise_xor_(_shift_right_logical(z, 17)).mul_(_TRIPLE1)
     z = z.bitwise_xor_(key)
     z = z.bitwise_xor_(_shift_right_logical(z, 11)).mul_(_TRIPLE2)
@@ -224,21 +232,34 @@ def uniform_from_counter(
     return uniform_range(seed, 0, numel, dtype).view(tuple(shape))
 
 
-def _uniform_rows(seed: torch.Tensor, rows: int, length: int) -> torch.Tensor:
-    """float32 noise of ``rows`` rows of ``length`` (a power of two) elements, index by lanes.
+def _uniform_rows(seed: torch.Tensor, rows: int, length: int, first: int = 0) -> torch.Tensor:
+    """float32 noise of rows ``first .. first + rows - 1`` of ``length`` (a power of two)
+    elements each, the index built per row.
 
     Rows start at multiples of ``length``, which divides 2**32, so a row lies in one run of
-    2**32 indices (one high word).
+    2**32 indices (one high word). The rows are made in pieces of one run each, so that the
+    high word is a number per piece (as in :func:`_uniform`), and the seed's low word is
+    added to each row's start, so that the per-element work is one add before the hash.
     """
-    start = torch.arange(rows, dtype=torch.int64, device=seed.device).mul_(length)
+    per_run = (1 << 32) // length
+    room = per_run - first % per_run  # rows left in the run of the first row
+    if rows <= room:  # always below 2**32 elements (a guard on the size when compiled)
+        return _rows_of_run(seed, first, rows, length)
+    rest = _uniform_rows(seed, rows - room, length, first + room)
+    return torch.cat([_rows_of_run(seed, first, room, length), rest])
+
+
+def _rows_of_run(seed: torch.Tensor, first: int, rows: int, length: int) -> torch.Tensor:
+    """Rows ``first .. first + rows - 1`` of :func:`_uniform_rows`, all in one run of 2**32."""
+    start = torch.arange(first, first + rows, dtype=torch.int64, device=seed.device)
     # a buffer of the lanes 0..length-1 (the zeros only make stored() a stack)
     lanes, _ = stored(
         torch.arange(length, dtype=torch.int32, device=seed.device),
         torch.zeros(length, dtype=torch.int32, device=seed.device),
     )
-    low = start.to(torch.int32).unsqueeze(1) + lanes  # no carry: length divides 2**32
-    high = (start >> 32).to(torch.int32).unsqueeze(1)
-    return _noise_from_words(hash32(seed, low, high))
+    # c + k0 = (row start + k0) + lane (mod 2**32): no carry between them matters
+    z = (start.mul_(length) + seed).to(torch.int32).unsqueeze(1) + lanes
+    return _noise_from_words(_triple32_keyed(z, _key(seed, (first * length) >> 32)))
 
 
 def uniform_range(
