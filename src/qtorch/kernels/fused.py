@@ -62,9 +62,11 @@ avoids the known traps:
   when 16 divides n (its own cache key), and gets x as the ``(n / 16, 16)`` view; MX and
   NVFP4 make it per block (:meth:`qtorch.formats.base.Format.noise_layout`). Same numbers;
   fixed(8,4) stochastic takes 0.71 of its time with SplitMix64 and the flat index, MX 0.88
-  (docs/performance.md). Codebooks keep x flat (``Format.row_view_noise``): on the view,
-  Inductor split a small table's kernel into a 2-D and a flat loop joined by a buffer of
-  bools, 10x slower.
+  (docs/performance.md). Codebooks and block floating point compute on x flat
+  (``Format.row_view_noise``): on the view, Inductor split a small table's kernel into a
+  2-D and a flat loop joined by a buffer of bools, 10x slower. They too get the view as
+  the argument and flatten it inside the kernel, so that the row count is the symbol
+  (block floating point stochastic: A/B 0.93).
 """
 
 from __future__ import annotations
@@ -205,9 +207,14 @@ def _make_kernel(
             # in rows of ROW elements (elementwise formats, 16 dividing the size)
             shape, row = (work.shape, ROW) if rows else fmt.noise_layout(work.shape)
             noise = uniform_from_counter(seed, shape, work.dtype, row=row).view(work.shape)
+            if rows and not fmt.row_view_noise:
+                # x comes as the (n / ROW, ROW) view all the same: with the row count as
+                # the symbol, Inductor indexes the flattened noise's row as i // 16, not
+                # (i // 16) % (n // 16) (an integer division by a variable per vector)
+                work, noise = work.view(-1), noise.view(-1)
         q = fmt.quantize_kernel(work, rounding, noise).to(out_dtype)
         if inplace:
-            x.copy_(q)
+            x.copy_(q.view(x.shape))
             return None
         return q
 
@@ -365,8 +372,7 @@ def quantize_compiled(
     # where they are not needed: after a large kernel each costs 25-45 µs, the caches
     # holding tensor data; see qtorch.kernels.compiled_call.)
     rows = key[4] == "rows"  # the shape key
-    view_rows = rows and fmt.row_view_noise
-    if view_rows:
+    if rows:
         arg = src.view(-1, ROW)
     elif fmt.flat_kernel and src.dim() != 1:
         arg = src.view(-1)
@@ -384,7 +390,7 @@ def quantize_compiled(
                     # the graph it makes has symbolic sizes, and later inputs of any size
                     # (unmarked) match it without recompiling.
                     arg = arg.view(arg.shape)
-                    _mark_dynamic(arg, arg.dim() - 1 if view_rows else None)
+                    _mark_dynamic(arg, arg.dim() - 1 if rows else None)
                     # Inductor's own deprecation notices are not the user's business (and
                     # under ``-W error`` they would make every compile fail).
                     with warnings.catch_warnings():
