@@ -180,17 +180,20 @@ def round_binades_stochastic(
     """
     lay = layout(x.dtype)
     top = 2 * lay.bias  # the largest normal field
-    fields = x.view(lay.int_dtype) & (((1 << lay.exponent_bits) - 1) << lay.mantissa_bits)
-    # field of the quantum, at most top - man: ±Inf and NaN take the top binade's quantum
-    quantum_bits = fields.clamp(
-        (floor_exp + lay.bias) << lay.mantissa_bits, top << lay.mantissa_bits
-    )
-    quantum_bits = quantum_bits - (man << lay.mantissa_bits)
+    bits = x.view(lay.int_dtype)
+    fields = bits & (((1 << lay.exponent_bits) - 1) << lay.mantissa_bits)
+    fields = fields.clamp(min=(floor_exp + lay.bias) << lay.mantissa_bits)
+    if man == 1:
+        # ±Inf and NaN take the top binade's quantum (with more fraction bits, theirs is
+        # one whose inverse is normal: ±Inf times it stays ±Inf)
+        fields = fields.clamp(max=top << lay.mantissa_bits)
+    quantum_bits = fields - (man << lay.mantissa_bits)
     inverse = ((top << lay.mantissa_bits) - quantum_bits).view(x.dtype)  # 2**-quantum_exp
     k = x.abs() * inverse
     low = torch.floor(k)
-    rounded = torch.where(noise < k - low, low + 1.0, low) * quantum_bits.view(x.dtype)
-    return copysign(rounded, x)
+    # k >= 0, so the rounded magnitude is +0 or more (or +NaN): negated where x's sign is
+    r = torch.where(noise < k - low, low + 1.0, low) * quantum_bits.view(x.dtype)
+    return torch.where(bits < 0, -r, r)
 
 
 def binades_fit(dtype: torch.dtype, man: int, floor_exp: int) -> bool:
