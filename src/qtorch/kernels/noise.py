@@ -54,13 +54,14 @@ change of every stochastic result.)
 vector of a flat loop from 16 scalars (``Vectorized<int>::arange``), which costs about as
 much as the whole 32-bit hash. Given ``row=`` (the length of the last dimension, a Python
 int while the compiler traces symbolic sizes) that is a power of two of at least 16, the
-index is computed as (the row's start) + (a lane number read from a small buffer): one
-broadcast and one add per vector. qtorch's compiled kernels use it (elementwise formats on an
-``(n / 16, 16)`` view of x, MX and NVFP4 on their blocks); the numbers are the same either
-way. Measured on a 2-core AVX-512 machine, 4,194,304 float32, 2 threads, through
-``qtorch.quantize`` against the SplitMix64 kernels (A/B, same run): fixed(8,4) stochastic
-0.72, float(5,2) 0.75, posit(8,2) 0.81, MX 0.90, NVFP4 0.88 of the time; without the row
-index the 32-bit hash was no faster than SplitMix64 (1.02-1.10).
+index is computed as (the row's start + the seed's low word, a scalar per row) + (a lane
+number read from a small buffer): one broadcast and one add per vector. qtorch's compiled
+kernels use it (elementwise formats on an ``(n / 16, 16)`` view of x, MX and NVFP4 on
+their blocks); the numbers are the same either way. Measured on a 2-core AVX-512 machine,
+4,194,304 float32, 2 threads, through ``qtorch.quantize`` against the SplitMix64 kernels
+(A/B, same run): fixed(8,4) stochastic 0.72, float(5,2) 0.75, posit(8,2) 0.81, MX 0.90,
+NVFP4 0.88 of the time; without the row index the 32-bit hash was no faster than
+SplitMix64 (1.02-1.10). Adding the seed per row: 0.96-0.98 more.
 
 All arithmetic is on signed tensors whose additions and multiplications wrap (int32 or
 int64); ``>>`` on them is arithmetic, so the logical shifts mask off the copied sign bits.
