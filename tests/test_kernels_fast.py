@@ -141,10 +141,14 @@ def test_round_binades_stochastic_matches_reference(dtype: torch.dtype) -> None:
     cases += [(lay.mantissa_bits, lay.min_normal_exp + lay.mantissa_bits)]
     for man, floor_exp in cases:
         assert binades_fit(dtype, man, floor_exp)
+        g = torch.Generator().manual_seed(man - floor_exp)
+        # random patterns, specials, and values in the binades around 2**floor_exp
+        near = torch.ldexp(
+            torch.rand(2000, generator=g, dtype=torch.float64) * 4 - 2,
+            torch.randint(floor_exp - 3, floor_exp + man + 3, (2000,), generator=g),
+        )
         x = torch.cat([_random_bits(4000, dtype, seed=man - floor_exp), SPECIALS_F32.to(dtype)])
-        scaled = x * 2.0 ** (floor_exp - lay.min_normal_exp) if floor_exp < 0 else x
-        x = torch.cat([x, scaled[:1000], (x * 2.0**-120)[:1000], torch.tensor([0.75, -2.5])])
-        x = x.to(dtype)
+        x = torch.cat([x, near.to(dtype), torch.tensor([0.75, -2.5], dtype=dtype)])
         noise = _noise(x, seed=man)
         quantum_exp = torch.clamp(exponent(x), min=floor_exp) - man
         expected = round_to_quantum(x, quantum_exp, Rounding.STOCHASTIC, noise)
