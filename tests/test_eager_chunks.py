@@ -97,9 +97,52 @@ def test_public_quantize_splits_large_cpu_tensors() -> None:
     assert bits_equal(in_place, expected)
 
 
+BLOCKED = [
+    "mxfp8_e4m3",
+    "mxfp4_e2m1",
+    "MX(element=float8_e5m2, block_size=16, dim=2)",  # dim the last, as a positive index
+    "nvfp4",
+    "NVFP4(tensor_scale=0.01)",
+    "BlockFloatingPoint(wl=6, dim=0)",
+]
+
+
+def _blocked_inputs() -> list[torch.Tensor]:
+    bits = torch.cat([SPECIALS_F32, random_float32(53 * 61 - len(SPECIALS_F32), seed=4)])
+    return [
+        bits.view(61, 53) * 1.0,  # rows of 53: MX and NVFP4 pad each row's last block
+        (torch.randn(7, 9, 64) * 3).view(7, 9, 64),
+        torch.randn(3, 1500),  # one row per piece: a row is longer than CHUNK
+        (torch.randn(64, 40) * 5).t(),  # non-contiguous
+        torch.randn(40, 2, 32).double(),
+    ]
+
+
+@pytest.mark.usefixtures("small_chunks")
+@pytest.mark.parametrize("rounding", [Rounding.NEAREST, Rounding.STOCHASTIC], ids=str)
+@pytest.mark.parametrize("name", BLOCKED)
+def test_pieces_of_whole_blocks_match_the_whole(name: str, rounding: Rounding) -> None:
+    fmt = qtorch.format_from_string(name)
+    for x in _blocked_inputs():
+        if x.dim() != 3 and "dim=2" in name:
+            continue
+        assert eager.splits(x, fmt), (name, x.shape)
+        got = eager.run(x, fmt, rounding, torch.tensor(17), _work(x), inplace=False)
+        assert bits_equal(got, _whole(x, fmt, rounding, 17)), (name, x.shape, x.dtype)
+        y = x.clone()
+        out = eager.run(y, fmt, rounding, torch.tensor(17), _work(x), inplace=True)
+        assert out is y
+        assert bits_equal(y, _whole(x, fmt, rounding, 17)), (name, x.shape, x.dtype)
+
+
 def test_what_is_not_split(small_chunks: int) -> None:
     x = torch.randn(3 * small_chunks)
     assert not eager.splits(x, qtorch.BlockFloatingPoint(8))  # reduces over the tensor
+    rows = x.view(60, 50)
+    assert not eager.splits(rows, qtorch.BlockFloatingPoint(8, dim=1))  # blocks down columns
+    assert not eager.splits(rows, qtorch.format_from_string("mx(float8_e4m3fn, 32, 0)"))
+    assert not eager.splits(x, qtorch.format_from_string("mxfp8_e4m3"))  # 1-D: one row
+    assert not eager.splits(rows, qtorch.format_from_string("NVFP4(tensor_scale='amax')"))
     assert not eager.splits(x[: 2 * small_chunks], qtorch.Posit(8, 1))  # small
     w = x.clone().requires_grad_()
     assert not eager.splits(w, qtorch.Posit(8, 1))  # autograd graph

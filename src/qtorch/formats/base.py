@@ -70,6 +70,18 @@ class Format(abc.ABC):
         """
         return tuple(shape), None
 
+    def eager_unit(self, shape: Sequence[int]) -> tuple[int, ...] | None:
+        """The smallest run of x's elements that the eager path may round on its own.
+
+        For a tensor of ``shape``: ``(1, *rest)`` such that x's elements in row-major order,
+        viewed as ``(-1, *rest)`` and cut along the first dimension, round in each piece as
+        they do in x (the noise of a piece being the slice of x's noise). The eager path
+        then works in cache-sized pieces (:mod:`qtorch.kernels.eager`). ``None`` where an
+        element's result may depend on elements anywhere in x. Default: ``(1,)`` for
+        elementwise formats, else ``None``.
+        """
+        return (1,) if self.elementwise else None
+
     def check_rounding(self, rounding: Rounding | str) -> Rounding:
         """Parse ``rounding`` and check that this format supports it (``ValueError`` if not)."""
         mode = Rounding.parse(rounding)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -58,6 +59,12 @@ class BlockFloatingPoint(Format):
     def flat_kernel(self) -> bool:
         """One block per tensor (``dim=-1``): the result does not depend on x's shape."""
         return self.dim == -1
+
+    def eager_unit(self, shape: Sequence[int]) -> tuple[int, ...] | None:
+        """With ``dim=0`` a block is one ``x[i]``: whole ones can be rounded apart."""
+        if self.dim == 0 and len(shape) >= 1:
+            return (1, *shape[1:])
+        return None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "wl", check_int("BlockFloatingPoint", "wl", self.wl, 2, 64))

@@ -159,6 +159,10 @@ class MX(Format):
     def _dim_for(self, x: torch.Tensor) -> int:
         return kernel.normalize_dim(self.dim, x.dim(), "MX")
 
+    def eager_unit(self, shape: Sequence[int]) -> tuple[int, ...] | None:
+        """With blocks along the last dimension, whole rows can be rounded apart."""
+        return kernel.row_unit(shape, self.dim, "MX")
+
     def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
         """The blocks' layout, when they run along the last dimension and fill it."""
         return kernel.noise_layout(shape, self.block_size, self.dim, "MX")

@@ -122,6 +122,12 @@ class NVFP4(Format):
     def _dim_for(self, x: torch.Tensor) -> int:
         return kernel.normalize_dim(self.dim, x.dim(), "NVFP4")
 
+    def eager_unit(self, shape: Sequence[int]) -> tuple[int, ...] | None:
+        """Whole rows, with blocks along the last dimension and no ``"amax"`` tensor scale."""
+        if self.tensor_scale == DYNAMIC:
+            return None  # the scale is the whole tensor's maximum
+        return kernel.row_unit(shape, self.dim, "NVFP4")
+
     def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
         """The blocks' layout, when they run along the last dimension and fill it."""
         return kernel.noise_layout(shape, self.block_size, self.dim, "NVFP4")

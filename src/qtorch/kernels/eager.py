@@ -6,17 +6,23 @@ the system), and a kernel of 20–40 operations over 4,194,304 float32 then spen
 its time faulting and streaming memory: 50–60 ms for a posit, 40–55 ms for a float format.
 Run on pieces of :data:`CHUNK` elements, the temporaries stay in the cache and are reused
 by the allocator: 15–17 ms and 9–10 ms (2 threads; the posit kernel, rid of its boolean
-masks since, now takes 11–13 ms). The result is bit for bit the same, because the
-formats that are split this way (``Format.elementwise``) compute each output element from
-the same input element and its noise only, and the noise of every piece is the slice of
-the whole tensor's noise (:func:`qtorch.kernels.noise.uniform_range`).
+masks since, now takes 11–13 ms). The result is bit for bit the same, because each piece
+holds whole runs that the format rounds independently of the rest
+(:meth:`qtorch.formats.base.Format.eager_unit`: single elements for elementwise formats,
+rows for MX and NVFP4 with blocks along the last dimension, the slices ``x[i]`` for block
+floating point with ``dim=0``), and the noise of every piece is the slice of the whole
+tensor's noise (:func:`qtorch.kernels.noise.uniform_range`).
 
-Not split: formats that reduce over the tensor (block floating point, MX), tensors on other
-devices (their allocators cache blocks), tensors that need an autograd graph, and code being
-traced by ``torch.compile`` (the user's compiler should see whole-tensor operations).
+Not split: formats whose blocks span the tensor or cut across rows (block floating point
+with one block, blocks along another dimension, NVFP4's ``"amax"`` tensor scale), tensors
+on other devices (their allocators cache blocks), tensors that need an autograd graph, and
+code being traced by ``torch.compile`` (the user's compiler should see whole-tensor
+operations).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -30,13 +36,19 @@ CHUNK = 2**18
 
 def splits(x: torch.Tensor, fmt: Format) -> bool:
     """Whether :func:`run` quantizes x piece by piece."""
-    return (
-        fmt.elementwise
-        and x.device.type == "cpu"
-        and x.numel() > 2 * CHUNK
-        and not (x.requires_grad and torch.is_grad_enabled())
-        and not torch.compiler.is_compiling()
-    )
+    return _unit(x, fmt) is not None
+
+
+def _unit(x: torch.Tensor, fmt: Format) -> tuple[int, ...] | None:
+    """The format's :meth:`~qtorch.formats.base.Format.eager_unit` for x, if x is split."""
+    if (
+        x.device.type != "cpu"
+        or x.numel() <= 2 * CHUNK
+        or (x.requires_grad and torch.is_grad_enabled())
+        or torch.compiler.is_compiling()
+    ):
+        return None
+    return fmt.eager_unit(x.shape)
 
 
 def run(
@@ -52,7 +64,8 @@ def run(
     ``dtype`` is the working dtype (float32 or float64), ``seed`` the 0-d int64 seed of
     stochastic rounding (None otherwise). Returns a new tensor, or x itself when ``inplace``.
     """
-    if not splits(x, fmt):
+    unit = _unit(x, fmt)
+    if unit is None:
         noise = None if seed is None else uniform_from_counter(seed, x.shape, dtype)
         q = fmt.quantize_kernel(x.to(dtype), rounding, noise)
         if inplace:
@@ -61,12 +74,18 @@ def run(
     flat = x.reshape(-1)  # a view when x is contiguous
     writes_x = inplace and flat.data_ptr() == x.data_ptr() and x.is_contiguous()
     out = flat if writes_x else torch.empty_like(flat)
-    for start in range(0, flat.numel(), CHUNK):
-        stop = min(start + CHUNK, flat.numel())
-        noise = None if seed is None else uniform_range(seed, start, stop, dtype)
+    rest = unit[1:]
+    size = math.prod(rest)  # elements per unit
+    step = max(CHUNK // size, 1) * size  # whole units per piece
+    for start in range(0, flat.numel(), step):
+        stop = min(start + step, flat.numel())
+        piece = flat[start:stop].view(-1, *rest).to(dtype)
+        noise = None
+        if seed is not None:
+            noise = uniform_range(seed, start, stop, dtype).view(piece.shape)
         # Each piece reads only its own elements before they are written, so writing into x
         # (in place) is safe.
-        out[start:stop] = fmt.quantize_kernel(flat[start:stop].to(dtype), rounding, noise)
+        out[start:stop] = fmt.quantize_kernel(piece, rounding, noise).reshape(-1)
     if writes_x:
         return x
     if inplace:

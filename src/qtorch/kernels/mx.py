@@ -84,6 +84,17 @@ def noise_layout(
     return tuple(shape), None
 
 
+def row_unit(shape: Sequence[int], dim: int, caller: str) -> tuple[int, ...] | None:
+    """For :meth:`qtorch.formats.base.Format.eager_unit` of a format with blocks along
+    ``dim``: one row, ``(1, ..., 1, shape[-1])`` with ``len(shape)`` dimensions (so that
+    ``dim`` means the same), when ``dim`` is the last of two or more dimensions; otherwise
+    ``None`` (a 1-D tensor is one row).
+    """
+    if len(shape) >= 2 and normalize_dim(dim, len(shape), caller) == len(shape) - 1:
+        return (*([1] * (len(shape) - 1)), shape[-1])
+    return None
+
+
 def from_blocks(blocked: torch.Tensor, dim: int, length: int) -> torch.Tensor:
     """Undo :func:`to_blocks`: merge dims ``dim``, ``dim + 1`` and cut to ``length``."""
     return blocked.flatten(dim, dim + 1).narrow(dim, 0, length)
