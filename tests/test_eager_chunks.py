@@ -103,7 +103,9 @@ BLOCKED = [
     "MX(element=float8_e5m2, block_size=16, dim=2)",  # dim the last, as a positive index
     "nvfp4",
     "NVFP4(tensor_scale=0.01)",
+    "NVFP4(tensor_scale='amax')",  # the tensor's maximum, taken piece by piece first
     "BlockFloatingPoint(wl=6, dim=0)",
+    "BlockFloatingPoint(wl=8)",  # one block: its maximum taken piece by piece first
 ]
 
 
@@ -135,14 +137,28 @@ def test_pieces_of_whole_blocks_match_the_whole(name: str, rounding: Rounding) -
         assert bits_equal(y, _whole(x, fmt, rounding, 17)), (name, x.shape, x.dtype)
 
 
+@pytest.mark.usefixtures("small_chunks")
+@pytest.mark.parametrize("rounding", [Rounding.NEAREST, Rounding.STOCHASTIC], ids=str)
+def test_one_block_in_pieces_matches_the_whole(rounding: Rounding) -> None:
+    fmt = qtorch.BlockFloatingPoint(5)
+    x = torch.randn(4567) * 3
+    for top in (0, 2300, 4566):  # the largest magnitude in the first, a middle, the last piece
+        y = x.clone()
+        y[top] = 1000.0
+        assert eager.splits(y, fmt)
+        got = eager.run(y, fmt, rounding, torch.tensor(3), torch.float32, inplace=False)
+        assert bits_equal(got, _whole(y, fmt, rounding, 3)), top
+    y[4000] = torch.nan  # NaN in the last piece: every element NaN
+    got = eager.run(y, fmt, rounding, torch.tensor(3), torch.float32, inplace=False)
+    assert torch.isnan(got).all()
+
+
 def test_what_is_not_split(small_chunks: int) -> None:
     x = torch.randn(3 * small_chunks)
-    assert not eager.splits(x, qtorch.BlockFloatingPoint(8))  # reduces over the tensor
     rows = x.view(60, 50)
     assert not eager.splits(rows, qtorch.BlockFloatingPoint(8, dim=1))  # blocks down columns
     assert not eager.splits(rows, qtorch.format_from_string("mx(float8_e4m3fn, 32, 0)"))
     assert not eager.splits(x, qtorch.format_from_string("mxfp8_e4m3"))  # 1-D: one row
-    assert not eager.splits(rows, qtorch.format_from_string("NVFP4(tensor_scale='amax')"))
     assert not eager.splits(x[: 2 * small_chunks], qtorch.Posit(8, 1))  # small
     w = x.clone().requires_grad_()
     assert not eager.splits(w, qtorch.Posit(8, 1))  # autograd graph

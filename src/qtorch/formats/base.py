@@ -7,12 +7,25 @@ derived property. :func:`qtorch.quantize` talks to a format only through this pr
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import ClassVar, NamedTuple
 
 import torch
 
 from qtorch.rounding import Rounding
+
+
+class EagerPieces(NamedTuple):
+    """How the eager path may round a large tensor in pieces (:meth:`Format.eager_pieces`).
+
+    ``unit`` is ``(1, *rest)``: the tensor's elements in row-major order, viewed as
+    ``(-1, *rest)`` and cut along the first dimension, give pieces for which
+    ``kernel(piece, rounding, noise)`` (the piece in the working dtype, its noise the slice
+    of the tensor's) returns the tensor's result for those elements.
+    """
+
+    unit: tuple[int, ...]
+    kernel: Callable[[torch.Tensor, Rounding, torch.Tensor | None], torch.Tensor]
 
 
 class Format(abc.ABC):
@@ -70,17 +83,16 @@ class Format(abc.ABC):
         """
         return tuple(shape), None
 
-    def eager_unit(self, shape: Sequence[int]) -> tuple[int, ...] | None:
-        """The smallest run of x's elements that the eager path may round on its own.
+    def eager_pieces(self, x: torch.Tensor, dtype: torch.dtype, chunk: int) -> EagerPieces | None:
+        """How the eager path may round x (rounded in the working ``dtype``) in pieces.
 
-        For a tensor of ``shape``: ``(1, *rest)`` such that x's elements in row-major order,
-        viewed as ``(-1, *rest)`` and cut along the first dimension, round in each piece as
-        they do in x (the noise of a piece being the slice of x's noise). The eager path
-        then works in cache-sized pieces (:mod:`qtorch.kernels.eager`). ``None`` where an
-        element's result may depend on elements anywhere in x. Default: ``(1,)`` for
-        elementwise formats, else ``None``.
+        The eager path works on large CPU tensors in cache-sized pieces
+        (:mod:`qtorch.kernels.eager`). A format whose blocks span x computes here, in pieces
+        of ``chunk`` elements, what the pieces share (a maximum), and returns a kernel that
+        uses it. ``None``: x is rounded whole. Default: single elements and
+        :meth:`quantize_kernel` for elementwise formats, else ``None``.
         """
-        return (1,) if self.elementwise else None
+        return EagerPieces((1,), self.quantize_kernel) if self.elementwise else None
 
     def check_rounding(self, rounding: Rounding | str) -> Rounding:
         """Parse ``rounding`` and check that this format supports it (``ValueError`` if not)."""
@@ -91,3 +103,12 @@ class Format(abc.ABC):
                 f"{type(self).__name__}: rounding must be one of {allowed}, got {mode.value!r}"
             )
         return mode
+
+
+def pieces_of(x: torch.Tensor, dtype: torch.dtype, chunk: int) -> Iterator[torch.Tensor]:
+    """x's elements in row-major order, in runs of ``chunk`` (the last shorter), in ``dtype``.
+
+    For :meth:`Format.eager_pieces` hooks that take a maximum over x piece by piece.
+    """
+    for piece in x.reshape(-1).split(chunk):
+        yield piece.to(dtype)

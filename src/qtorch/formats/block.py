@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from qtorch.formats.base import Format
+from qtorch.formats.base import EagerPieces, Format, pieces_of
 from qtorch.formats.fixed import check_int
-from qtorch.kernels.block import quantize_block
+from qtorch.kernels.block import block_max, quantize_block
 from qtorch.rounding import Rounding
 
 __all__ = ["BlockFloatingPoint"]
@@ -60,11 +59,22 @@ class BlockFloatingPoint(Format):
         """One block per tensor (``dim=-1``): the result does not depend on x's shape."""
         return self.dim == -1
 
-    def eager_unit(self, shape: Sequence[int]) -> tuple[int, ...] | None:
-        """With ``dim=0`` a block is one ``x[i]``: whole ones can be rounded apart."""
-        if self.dim == 0 and len(shape) >= 1:
-            return (1, *shape[1:])
-        return None
+    def eager_pieces(self, x: torch.Tensor, dtype: torch.dtype, chunk: int) -> EagerPieces | None:
+        """``dim=0``: whole slices ``x[i]``. ``dim=-1``: any pieces, once the one block's
+        maximum is known (taken piece by piece). Other ``dim``: ``None``."""
+        if self.dim == 0 and x.dim() >= 1:
+            return EagerPieces((1, *x.shape[1:]), self.quantize_kernel)
+        if self.dim != -1 or x.numel() == 0:
+            return None
+        top = torch.stack([block_max(piece, -1) for piece in pieces_of(x, dtype, chunk)]).amax()
+        wl = self.wl
+
+        def shared(
+            piece: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None
+        ) -> torch.Tensor:
+            return quantize_block(piece, wl, -1, rounding, noise, top=top)
+
+        return EagerPieces((1,), shared)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "wl", check_int("BlockFloatingPoint", "wl", self.wl, 2, 64))

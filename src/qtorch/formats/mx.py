@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from qtorch.formats.base import Format
+from qtorch.formats.base import EagerPieces, Format
 from qtorch.formats.fixed import FixedPoint
 from qtorch.formats.presets import (
     float4_e2m1fn,
@@ -159,9 +159,10 @@ class MX(Format):
     def _dim_for(self, x: torch.Tensor) -> int:
         return kernel.normalize_dim(self.dim, x.dim(), "MX")
 
-    def eager_unit(self, shape: Sequence[int]) -> tuple[int, ...] | None:
-        """With blocks along the last dimension, whole rows can be rounded apart."""
-        return kernel.row_unit(shape, self.dim, "MX")
+    def eager_pieces(self, x: torch.Tensor, dtype: torch.dtype, chunk: int) -> EagerPieces | None:
+        """Whole rows, where the blocks run along the last of two or more dimensions."""
+        unit = kernel.row_unit(x.shape, self.dim, "MX")
+        return None if unit is None else EagerPieces(unit, self.quantize_kernel)
 
     def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
         """The blocks' layout, when they run along the last dimension and fill it."""

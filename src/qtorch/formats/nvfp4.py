@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import torch
 
-from qtorch.formats.base import Format
+from qtorch.formats.base import EagerPieces, Format, pieces_of
 from qtorch.formats.mx import check_block
 from qtorch.formats.presets import float4_e2m1fn, float8_e4m3fn
 from qtorch.kernels import mx as kernel
@@ -122,11 +122,23 @@ class NVFP4(Format):
     def _dim_for(self, x: torch.Tensor) -> int:
         return kernel.normalize_dim(self.dim, x.dim(), "NVFP4")
 
-    def eager_unit(self, shape: Sequence[int]) -> tuple[int, ...] | None:
-        """Whole rows, with blocks along the last dimension and no ``"amax"`` tensor scale."""
-        if self.tensor_scale == DYNAMIC:
-            return None  # the scale is the whole tensor's maximum
-        return kernel.row_unit(shape, self.dim, "NVFP4")
+    def eager_pieces(self, x: torch.Tensor, dtype: torch.dtype, chunk: int) -> EagerPieces | None:
+        """Whole rows, where the blocks run along the last of two or more dimensions (an
+        ``"amax"`` tensor scale is taken first, piece by piece)."""
+        unit = kernel.row_unit(x.shape, self.dim, "NVFP4")
+        if unit is None:
+            return None
+        if self.tensor_scale != DYNAMIC:
+            return EagerPieces(unit, self.quantize_kernel)
+        largest = torch.stack([kernel.finite_amax(p) for p in pieces_of(x, dtype, chunk)])
+        g = kernel.tensor_scale_from_max(largest.amax())
+
+        def scaled(
+            piece: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None
+        ) -> torch.Tensor:
+            return self._quantize(piece, rounding, noise, g)
+
+        return EagerPieces(unit, scaled)
 
     def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
         """The blocks' layout, when they run along the last dimension and fill it."""
@@ -136,12 +148,20 @@ class NVFP4(Format):
         self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None
     ) -> torch.Tensor:
         """Round x blockwise (see the class docstring); x is never modified."""
-        dim = self._dim_for(x)
-        g = self.tensor_scale_of(x)
+        return self._quantize(x, rounding, noise, self.tensor_scale_of(x))
+
+    def _quantize(
+        self,
+        x: torch.Tensor,
+        rounding: Rounding,
+        noise: torch.Tensor | None,
+        g: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """:meth:`quantize_kernel` with the tensor scale ``g`` given."""
         return kernel.quantize_nvfp4(
             x,
             self.block_size,
-            dim,
+            self._dim_for(x),
             g,
             _scale_e4m3,
             float4_e2m1fn.quantize_kernel,

@@ -44,6 +44,7 @@ def quantize_block(
     dim: int,
     rounding: Rounding,
     noise: torch.Tensor | None = None,
+    top: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Round each block of x to multiples of 2**(e + 2 - wl), e = floor(log2(block max)).
 
@@ -51,7 +52,8 @@ def quantize_block(
     magnitude bits and a sign. An all-zero block stays zero (signs kept); a block holding
     NaN or ±Inf becomes all NaN. The clamp acts on the integer mantissa, so blocks near the
     dtype's largest value cannot overflow or change sign. ``x`` is float32 or float64 and
-    not empty; ``dim`` is -1 or a dimension of x.
+    not empty; ``dim`` is -1 or a dimension of x. ``top``: the blocks' maxima if known
+    (:func:`block_max` of a tensor that x is part of, with ``dim=-1``), else taken from x.
 
     Each element is scaled exactly to its block's integer grid (by two per-block powers of
     two, so the scale may lie outside the dtype's exponent range), rounded, clamped and
@@ -63,7 +65,8 @@ def quantize_block(
     tensor([ 1.0000,  0.2500, -0.7500])
     """
     lay = layout(x.dtype)
-    top = block_max(x, dim)
+    if top is None:
+        top = block_max(x, dim)
     quantum_exp = exponent(top) + (2 - wl)  # per block; NaN/Inf blocks: harmless, see below
     half = quantum_exp >> 1  # floor(quantum_exp / 2): a shift vectorizes, division does not
     nan_if_special = torch.where(top < math.inf, 1.0, math.nan).to(x.dtype)

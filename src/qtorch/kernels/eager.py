@@ -7,14 +7,15 @@ its time faulting and streaming memory: 50–60 ms for a posit, 40–55 ms for a
 Run on pieces of :data:`CHUNK` elements, the temporaries stay in the cache and are reused
 by the allocator: 15–17 ms and 9–10 ms (2 threads; the posit kernel, rid of its boolean
 masks since, now takes 11–13 ms). The result is bit for bit the same, because each piece
-holds whole runs that the format rounds independently of the rest
-(:meth:`qtorch.formats.base.Format.eager_unit`: single elements for elementwise formats,
+holds whole runs that the format rounds independently of the rest, given what they share
+(:meth:`qtorch.formats.base.Format.eager_pieces`: single elements for elementwise formats,
 rows for MX and NVFP4 with blocks along the last dimension, the slices ``x[i]`` for block
-floating point with ``dim=0``), and the noise of every piece is the slice of the whole
-tensor's noise (:func:`qtorch.kernels.noise.uniform_range`).
+floating point with ``dim=0``; any pieces for block floating point's one block and NVFP4's
+``"amax"`` tensor scale, once the tensor's maximum is taken piece by piece), and the noise
+of every piece is the slice of the whole tensor's noise
+(:func:`qtorch.kernels.noise.uniform_range`).
 
-Not split: formats whose blocks span the tensor or cut across rows (block floating point
-with one block, blocks along another dimension, NVFP4's ``"amax"`` tensor scale), tensors
+Not split: blocks along other dimensions, 1-D tensors of MX and NVFP4 (one row), tensors
 on other devices (their allocators cache blocks), tensors that need an autograd graph, and
 code being traced by ``torch.compile`` (the user's compiler should see whole-tensor
 operations).
@@ -26,7 +27,7 @@ import math
 
 import torch
 
-from qtorch.formats.base import Format
+from qtorch.formats.base import EagerPieces, Format
 from qtorch.kernels.noise import uniform_from_counter, uniform_range
 from qtorch.rounding import Rounding
 
@@ -36,11 +37,11 @@ CHUNK = 2**18
 
 def splits(x: torch.Tensor, fmt: Format) -> bool:
     """Whether :func:`run` quantizes x piece by piece."""
-    return _unit(x, fmt) is not None
+    return _plan(x, fmt, torch.float64 if x.dtype == torch.float64 else torch.float32) is not None
 
 
-def _unit(x: torch.Tensor, fmt: Format) -> tuple[int, ...] | None:
-    """The format's :meth:`~qtorch.formats.base.Format.eager_unit` for x, if x is split."""
+def _plan(x: torch.Tensor, fmt: Format, dtype: torch.dtype) -> EagerPieces | None:
+    """The format's :meth:`~qtorch.formats.base.Format.eager_pieces` for x, if x is split."""
     if (
         x.device.type != "cpu"
         or x.numel() <= 2 * CHUNK
@@ -48,7 +49,7 @@ def _unit(x: torch.Tensor, fmt: Format) -> tuple[int, ...] | None:
         or torch.compiler.is_compiling()
     ):
         return None
-    return fmt.eager_unit(x.shape)
+    return fmt.eager_pieces(x, dtype, CHUNK)
 
 
 def run(
@@ -64,8 +65,8 @@ def run(
     ``dtype`` is the working dtype (float32 or float64), ``seed`` the 0-d int64 seed of
     stochastic rounding (None otherwise). Returns a new tensor, or x itself when ``inplace``.
     """
-    unit = _unit(x, fmt)
-    if unit is None:
+    plan = _plan(x, fmt, dtype)
+    if plan is None:
         noise = None if seed is None else uniform_from_counter(seed, x.shape, dtype)
         q = fmt.quantize_kernel(x.to(dtype), rounding, noise)
         if inplace:
@@ -74,7 +75,7 @@ def run(
     flat = x.reshape(-1)  # a view when x is contiguous
     writes_x = inplace and flat.data_ptr() == x.data_ptr() and x.is_contiguous()
     out = flat if writes_x else torch.empty_like(flat)
-    rest = unit[1:]
+    rest = plan.unit[1:]
     size = math.prod(rest)  # elements per unit
     step = max(CHUNK // size, 1) * size  # whole units per piece
     for start in range(0, flat.numel(), step):
@@ -85,7 +86,7 @@ def run(
             noise = uniform_range(seed, start, stop, dtype).view(piece.shape)
         # Each piece reads only its own elements before they are written, so writing into x
         # (in place) is safe.
-        out[start:stop] = fmt.quantize_kernel(piece, rounding, noise).reshape(-1)
+        out[start:stop] = plan.kernel(piece, rounding, noise).reshape(-1)
     if writes_x:
         return x
     if inplace:

@@ -85,7 +85,7 @@ def noise_layout(
 
 
 def row_unit(shape: Sequence[int], dim: int, caller: str) -> tuple[int, ...] | None:
-    """For :meth:`qtorch.formats.base.Format.eager_unit` of a format with blocks along
+    """For :meth:`qtorch.formats.base.Format.eager_pieces` of a format with blocks along
     ``dim``: one row, ``(1, ..., 1, shape[-1])`` with ``len(shape)`` dimensions (so that
     ``dim`` means the same), when ``dim`` is the last of two or more dimensions; otherwise
     ``None`` (a 1-D tensor is one row).
@@ -240,9 +240,20 @@ def dynamic_tensor_scale(x: torch.Tensor) -> torch.Tensor:
 
     Computed in x's dtype (a 0-d tensor); ±Inf and NaN are left out of the maximum.
     """
+    return tensor_scale_from_max(finite_amax(x))
+
+
+def finite_amax(x: torch.Tensor) -> torch.Tensor:
+    """The largest finite |x| (0-d, x's dtype; 0 for an empty x or one without finite values)."""
+    if x.numel() == 0:
+        return torch.zeros((), dtype=x.dtype, device=x.device)
     magnitude = x.abs()
-    finite = torch.where(magnitude < math.inf, magnitude, 0.0)
-    g = finite.amax() / NVFP4_RANGE if x.numel() else torch.zeros((), dtype=x.dtype)
+    return torch.where(magnitude < math.inf, magnitude, 0.0).amax()
+
+
+def tensor_scale_from_max(largest: torch.Tensor) -> torch.Tensor:
+    """:func:`dynamic_tensor_scale` from the largest finite magnitude: largest / 2688, or 1."""
+    g = largest / NVFP4_RANGE
     return torch.where(g > 0, g, 1.0)
 
 
