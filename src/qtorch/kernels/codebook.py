@@ -37,8 +37,10 @@ from qtorch.kernels.codebook_search import (
     gather,
     gather_in_range,
     lookup,
+    pack_pairs,
     prepare_search,
     search_lookup_pair,
+    unpack_pairs,
 )
 
 __all__ = [
@@ -326,27 +328,14 @@ def prepare_bracket(
         above = p[np.minimum(base + 1, n - 1)]
         return Bracket(
             plain,
-            inner=torch.tensor(_pack(window, at), device=device),
-            outer=torch.tensor(_pack(below, above), device=device),
+            inner=torch.tensor(pack_pairs(window, at), device=device),
+            outer=torch.tensor(pack_pairs(below, above), device=device),
         )
     lower = [points[min(max(k - 1, 0), n - 2)] for k in range(n + 1)]  # by count of points <= y
     upper = [points[min(max(k - 1, 0), n - 2) + 1] for k in range(n + 1)]
     search = prepare_search(points, dtype, device, or_equal=True, signed=signed, entries=lower)
     second = prepare_search(points, dtype, device, or_equal=True, signed=signed, entries=upper)
     return Bracket(search, upper=second.choices)
-
-
-def _pack(low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """int64 holding the bit patterns of float32 ``low`` (bits 0-31) and ``high`` (32-63)."""
-    lo_bits = low.astype(np.float32).view(np.uint32).astype(np.uint64)
-    hi_bits = high.astype(np.float32).view(np.uint32).astype(np.uint64)
-    return (lo_bits | (hi_bits << np.uint64(32))).view(np.int64)
-
-
-def _unpack(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two float32 numbers of :func:`_pack`ed int64 (int64 to int32 keeps the low half)."""
-    low = packed.to(torch.int32).view(torch.float32)
-    return low, (packed >> 32).to(torch.int32).view(torch.float32)
 
 
 def bracket(
@@ -377,8 +366,8 @@ def bracket(
             return lo, hi
         if prepared.inner is not None and prepared.outer is not None:
             bucket = bucket_of(y, search)
-            t, at = _unpack(gather_in_range(prepared.inner, bucket))
-            below, above = _unpack(gather_in_range(prepared.outer, bucket))
+            t, at = unpack_pairs(gather_in_range(prepared.inner, bucket))
+            below, above = unpack_pairs(gather_in_range(prepared.outer, bucket))
             past = y >= t  # False for the NaN of a bucket without a point
             return torch.where(past, at, below), torch.where(past, above, at)
         if search.choices is not None and prepared.upper is not None:

@@ -29,10 +29,12 @@ __all__ = [
     "gather",
     "gather_in_range",
     "lookup",
+    "pack_pairs",
     "prepare_search",
     "search_count",
     "search_lookup",
     "search_lookup_pair",
+    "unpack_pairs",
 ]
 
 #: Tables of at most this many thresholds are searched by an unrolled sum of comparisons.
@@ -55,8 +57,11 @@ class Search(NamedTuple):
     negative y come first, mirrored (2·buckets in all). ``base[b]`` counts the thresholds
     below every value of bucket b, ``window[b·width + j]`` (j < width) are the next
     thresholds (NaN past the end), the only ones that values of the bucket can exceed;
-    ``choices[b·(width + 1) + c]`` is the entry of count ``base[b] + c`` (with ``entries``).
-    With neither, a binary search over the padded thresholds.
+    ``choices[b·(width + 1) + c]`` is the entry of count ``base[b] + c`` (with ``entries``);
+    for float32 with one threshold per bucket, ``pairs[b]`` also holds bucket b's two
+    choices, packed (:func:`pack_pairs`), so that :func:`search_lookup` reads them and the
+    threshold independently (a gather whose index waits for another costs about half as
+    much again). With neither, a binary search over the padded thresholds.
     """
 
     values: tuple[float, ...]
@@ -70,6 +75,7 @@ class Search(NamedTuple):
     base: torch.Tensor | None = None
     window: torch.Tensor | None = None
     choices: torch.Tensor | None = None
+    pairs: torch.Tensor | None = None
 
 
 def prepare_search(
@@ -99,10 +105,13 @@ def prepare_search(
     width, shift, offset, buckets, base = best
     padded = np.concatenate([np.array(values), np.full(width, np.nan)])
     window = padded[base[:, None] + np.arange(width)].reshape(-1)
-    choices = None
+    choices = pairs = None
     if entries:
         counts = np.minimum(base[:, None] + np.arange(width + 1), len(values))
-        choices = torch.tensor(np.array(entries)[counts].reshape(-1), dtype=dtype, device=device)
+        chosen = np.array(entries)[counts]
+        choices = torch.tensor(chosen.reshape(-1), dtype=dtype, device=device)
+        if dtype == torch.float32 and width == 1:
+            pairs = torch.tensor(pack_pairs(chosen[:, 0], chosen[:, 1]), device=device)
     return Search(
         (),
         or_equal,
@@ -115,6 +124,7 @@ def prepare_search(
         torch.tensor(base, dtype=torch.int32, device=device),
         torch.tensor(window, dtype=dtype, device=device),
         choices,
+        pairs,
     )
 
 
@@ -246,13 +256,19 @@ def search_lookup(y: torch.Tensor, search: Search) -> torch.Tensor:
 
     A small table is a chain of ``torch.where`` with every threshold and entry a constant
     (no gather at all); a larger one reads the entry from the bucket's ``choices`` (two
-    dependent gathers in all).
+    dependent gathers in all), or with one threshold per float32 bucket, reads the
+    threshold and the bucket's packed ``pairs`` (two independent gathers) and chooses.
     """
     if search.entries:
         q = torch.full_like(y, search.entries[0])
         for t, v in zip(search.values, search.entries[1:], strict=True):
             q = torch.where(y > t, v, q)
         return q
+    if search.pairs is not None and search.window is not None:
+        bucket = bucket_of(y, search)
+        threshold = gather_in_range(search.window, bucket)
+        low, high = unpack_pairs(gather_in_range(search.pairs, bucket))
+        return torch.where(y >= threshold if search.or_equal else y > threshold, high, low)
     assert search.choices is not None, "search_lookup needs a search prepared with entries"
     bucket, count = _bucket_count(y, search, None)
     return gather_in_range(search.choices, bucket * (search.width + 1) + count)
@@ -267,6 +283,19 @@ def search_lookup_pair(
     bucket, count = _bucket_count(y, search, None)
     k = bucket * (search.width + 1) + count
     return gather_in_range(search.choices, k), gather_in_range(second, k)
+
+
+def pack_pairs(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """int64 holding the bit patterns of float32 ``low`` (bits 0-31) and ``high`` (32-63)."""
+    lo_bits = low.astype(np.float32).view(np.uint32).astype(np.uint64)
+    hi_bits = high.astype(np.float32).view(np.uint32).astype(np.uint64)
+    return (lo_bits | (hi_bits << np.uint64(32))).view(np.int64)
+
+
+def unpack_pairs(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two float32 numbers of :func:`pack_pairs` (int64 to int32 keeps the low half)."""
+    low = packed.to(torch.int32).view(torch.float32)
+    return low, (packed >> 32).to(torch.int32).view(torch.float32)
 
 
 def binary_search(y: torch.Tensor, padded: torch.Tensor, or_equal: bool = False) -> torch.Tensor:
