@@ -14,7 +14,12 @@ from edge_cases import SPECIALS_F32, bits_equal, neighbours_f32, random_float32
 import qtorch
 from qtorch import Codebook, nf4
 from qtorch.formats import Boundary
-from qtorch.kernels.codebook import padded_for_search
+from qtorch.kernels.codebook import (
+    bracket,
+    choose_stochastic,
+    padded_for_search,
+    prepare_bracket,
+)
 from qtorch.kernels.codebook_search import (
     binary_search,
     count_below,
@@ -503,6 +508,42 @@ def test_prepared_search_agrees_with_bucketize(name: str, signed: bool, dtype: t
         assert torch.equal(lookup, torch.tensor(entries, dtype=dtype)[expected.long()])
         if search.values:
             assert torch.equal(search_count(y, search), expected)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("name", sorted(SEARCH_TABLES))
+def test_prepared_bracket_chooses_like_the_count(
+    name: str, signed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiled path's bracket (constants or buckets), run eagerly here, against the
+    bracket from the count: the same stochastic choice for every y (their pairs may differ
+    beyond the ends, where both give the end point)."""
+    values = torch.tensor(SEARCH_TABLES[name], dtype=torch.float64).float()
+    values = torch.unique(values if signed else values.abs())
+    values = values[torch.isfinite(values)]
+    points = values.tolist()
+    padded = torch.tensor(padded_for_search(points))
+    g = torch.Generator().manual_seed(len(points))
+    y = torch.cat(
+        [
+            values,
+            torch.nextafter(values, torch.tensor(INF)),
+            torch.nextafter(values, torch.tensor(-INF)),
+            torch.randn(3000, generator=g) * float(values.abs().max()) * 1.2,
+            SPECIALS_F32[~torch.isnan(SPECIALS_F32)],
+            torch.tensor([0.0, 2.0**-149, 1e-30, 3e38]),
+        ]
+    )
+    y = torch.cat([y, -y]) if signed else y.abs()
+    noise = torch.rand(y.shape, generator=g)
+    noise[::5] = 0.0
+    noise[1::5] = 1.0 - 2.0**-24
+    n = len(points)
+    expected = choose_stochastic(y, *bracket(y, padded, n), noise, halves=False)
+    prepared = prepare_bracket(points, torch.float32, y.device, signed=signed)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    got = choose_stochastic(y, *bracket(y, padded, n, prepared), noise, halves=False)
+    assert bits_equal(got, expected), name
 
 
 def test_table_of_65536_entries() -> None:

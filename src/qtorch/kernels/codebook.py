@@ -291,10 +291,12 @@ class Bracket(NamedTuple):
     ``search``: the points (``or_equal``); up to
     :data:`~qtorch.kernels.codebook_search.UNROLL_MAX` of them as constants
     (``search.values``). For larger float32 tables bucketed with at most one point per
-    bucket, ``inner`` and ``outer`` hold per bucket two float32 bit patterns each, packed
-    into one int64 (low half, high half): ``inner`` the one point t that values of the
-    bucket may reach (NaN past the last point) and the point at the bucket's count,
-    ``outer`` the points below and above (one gather each). Other
+    bucket: ``inner``, per bucket the first point above the bucket's lowest value,
+    p[B] (the last point beyond the end), and ``outer`` the points p[B - 1] and p[B + 1]
+    (clamped to the table) packed into one int64 (low half, high half); two independent
+    gathers. A value y of the bucket is past p[B] when y >= p[B]: p[B] lies in the bucket
+    or above all of it (or y is beyond the last point, where either pair gives the end
+    point). Other
     bucketed tables: ``upper``, the upper point of each count laid out like the search's
     choices (which hold the lower point).
     """
@@ -316,19 +318,16 @@ def prepare_bracket(
     if plain.values or not plain.buckets:
         return Bracket(plain)
     if dtype == torch.float32 and plain.width <= 1:
-        assert plain.base is not None and plain.window is not None
+        assert plain.base is not None
         base = plain.base.cpu().numpy().astype(np.int64)  # points <= every y of the bucket
         p = np.array(points, dtype=np.float32)
-        window = plain.window.cpu().numpy().astype(np.float32)
-        if plain.width == 0:
-            window = np.full(base.shape, np.nan, dtype=np.float32)
         # lo, hi for c = 0 or 1 points of the bucket <= y: c=0 (p[B-1], p[B]), c=1 (p[B],
         # p[B+1]), indices clamped to the table (lo = hi = the end point beyond the ends)
         below, at = p[np.maximum(base - 1, 0)], p[np.minimum(base, n - 1)]
         above = p[np.minimum(base + 1, n - 1)]
         return Bracket(
             plain,
-            inner=torch.tensor(pack_pairs(window, at), device=device),
+            inner=torch.tensor(at, device=device),
             outer=torch.tensor(pack_pairs(below, above), device=device),
         )
     lower = [points[min(max(k - 1, 0), n - 2)] for k in range(n + 1)]  # by count of points <= y
@@ -366,9 +365,9 @@ def bracket(
             return lo, hi
         if prepared.inner is not None and prepared.outer is not None:
             bucket = bucket_of(y, search)
-            t, at = unpack_pairs(gather_in_range(prepared.inner, bucket))
+            at = gather_in_range(prepared.inner, bucket)
             below, above = unpack_pairs(gather_in_range(prepared.outer, bucket))
-            past = y >= t  # False for the NaN of a bucket without a point
+            past = y >= at
             return torch.where(past, at, below), torch.where(past, above, at)
         if search.choices is not None and prepared.upper is not None:
             return search_lookup_pair(y, search, prepared.upper)
