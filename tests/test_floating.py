@@ -456,6 +456,27 @@ def test_stochastic_picks_a_neighbour_and_is_unbiased(fmt: FloatingPoint) -> Non
     assert ((got[:, between] == lo[between]).any(0) | ~likely).all()
 
 
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        FloatingPoint(4, 3, subnormals=False),
+        FloatingPoint(5, 2, subnormals=False, has_inf=False, has_nan=False),
+    ],
+    ids=repr,
+)
+def test_stochastic_without_subnormals_flushes(fmt: FloatingPoint) -> None:
+    # tininess after rounding: a value rounded below 2**emin becomes a signed zero
+    emin = exact_table(fmt)[0][1]  # the smallest positive value, 2**emin
+    g = torch.Generator().manual_seed(8)
+    x = torch.cat([torch.rand(300, generator=g) * 2 * emin, -torch.rand(300, generator=g) * emin])
+    got = quantize(x.expand(200, -1), fmt, "stochastic")
+    lo, hi = (reference_tensor(x, fmt, mode) for mode in (Rounding.DOWN, Rounding.UP))
+    assert ((got == lo) | (got == hi)).all()
+    assert ((got == 0) | (got.abs() >= emin)).all()
+    assert (got == 0).any() and (got.abs() == emin).any()
+    assert torch.equal(torch.signbit(got), torch.signbit(x).expand_as(got))
+
+
 def test_stochastic_is_reproducible() -> None:
     x = torch.randn(1000) * 10
     fmt = FloatingPoint(4, 3)

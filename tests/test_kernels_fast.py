@@ -156,6 +156,14 @@ def test_round_binades_stochastic_matches_reference(dtype: torch.dtype) -> None:
         nan = torch.isnan(x)
         assert torch.equal(torch.isnan(got), nan), (man, floor_exp)
         assert bits_equal(got[~nan], expected[~nan]), (man, floor_exp)
+        # with a limit: magnitudes above it saturate, ±Inf included, signs kept
+        limit = 2.0 ** (floor_exp + man + 2) * 1.5
+        saturated = round_binades_stochastic(x, man, floor_exp, noise, limit)
+        clamped = torch.where(
+            expected.abs() > limit, torch.copysign(torch.tensor(limit, dtype=dtype), x), expected
+        )
+        assert bits_equal(saturated[~nan], clamped[~nan]), (man, floor_exp)
+        assert torch.isnan(saturated[nan]).all()
 
 
 def test_binades_fit_refuses_quanta_it_cannot_scale_exactly() -> None:

@@ -71,14 +71,24 @@ def round_float(
     takes the second half. Stochastic rounding, where the quanta allow it (every format with
     a fraction bit and quanta from 2**-126 to 1 on float32), uses one formula for both
     halves instead (:func:`round_binades_stochastic`, same bits; A/B 0.92 float(5,2),
-    0.94 MX E4M3, 0.96 NVFP4, 4,194,304 float32, 2 threads).
+    0.94 MX E4M3, 0.96 NVFP4, 4,194,304 float32, 2 threads), and saturating formats
+    saturate its magnitude before the sign (A/B 0.89-0.95 more).
     """
     floor_exp = emin if subnormals else emin - 1
+    limit = finite_limit(max_value, man, x.dtype)
     if (
         rounding is Rounding.STOCHASTIC
         and noise is not None
         and binades_fit(x.dtype, man, floor_exp)
     ):
+        if saturate or not (has_inf or has_nan):
+            # only the saturated result is used below: saturate the magnitude
+            clamped = round_binades_stochastic(x, man, floor_exp, noise, limit)
+            if not subnormals:
+                clamped = torch.where(clamped.abs() < 2.0**emin, clamped * 0.0, clamped)
+            if not has_inf and (saturate or not has_nan):
+                return clamped
+            return torch.where(x.abs() == math.inf, x * math.inf, clamped)  # ±Inf kept
         r = round_binades_stochastic(x, man, floor_exp, noise)
     else:
         r = torch.where(
@@ -94,7 +104,6 @@ def round_float(
         r = torch.where(x.abs() == 1.5 * 2.0 ** (emin - 1), r * 0.0, r)
     if not subnormals:
         r = torch.where(r.abs() < 2.0**emin, r * 0.0, r)
-    limit = finite_limit(max_value, man, x.dtype)
     clamped = r.clamp(-limit, limit)  # r has x's sign bit; NaN stays NaN
     if not has_inf and (saturate or not has_nan):
         return clamped  # every overflow saturates, ±Inf inputs included

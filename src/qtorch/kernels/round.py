@@ -165,7 +165,7 @@ def round_fraction_bits(
 
 
 def round_binades_stochastic(
-    x: torch.Tensor, man: int, floor_exp: int, noise: torch.Tensor
+    x: torch.Tensor, man: int, floor_exp: int, noise: torch.Tensor, limit: float | None = None
 ) -> torch.Tensor:
     """Stochastic rounding to the quantum 2**(max(exponent(x), floor_exp) - man), in one pass.
 
@@ -176,7 +176,9 @@ def round_binades_stochastic(
     by the inverse (exact), rounded, and scaled back. Needs ``man >= 1`` and
     ``min_normal_exp <= floor_exp - man <= 0`` for the working dtype (every quantum and
     inverse normal, no scaling below 1): check with :func:`binades_fit`. ±Inf stay ±Inf,
-    NaN stays NaN, zeros keep their sign.
+    NaN stays NaN, zeros keep their sign. With ``limit``, rounded magnitudes above it
+    (±Inf included) become ``limit`` before the sign is put back (saturation at half the
+    cost of clamping the signed result).
     """
     lay = layout(x.dtype)
     top = 2 * lay.bias  # the largest normal field
@@ -193,6 +195,8 @@ def round_binades_stochastic(
     low = torch.floor(k)
     # k >= 0, so the rounded magnitude is +0 or more (or +NaN): negated where x's sign is
     r = torch.where(noise < k - low, low + 1.0, low) * quantum_bits.view(x.dtype)
+    if limit is not None:
+        r = r.clamp(max=limit)  # NaN stays NaN
     return torch.where(bits < 0, -r, r)
 
 
