@@ -76,20 +76,15 @@ def round_float(
     """
     floor_exp = emin if subnormals else emin - 1
     limit = finite_limit(max_value, man, x.dtype)
+    saturated = False  # r already clamped to ±limit
     if (
         rounding is Rounding.STOCHASTIC
         and noise is not None
         and binades_fit(x.dtype, man, floor_exp)
     ):
-        if saturate or not (has_inf or has_nan):
-            # only the saturated result is used below: saturate the magnitude
-            clamped = round_binades_stochastic(x, man, floor_exp, noise, limit)
-            if not subnormals:
-                clamped = torch.where(clamped.abs() < 2.0**emin, clamped * 0.0, clamped)
-            if not has_inf and (saturate or not has_nan):
-                return clamped
-            return torch.where(x.abs() == math.inf, x * math.inf, clamped)  # ±Inf kept
-        r = round_binades_stochastic(x, man, floor_exp, noise)
+        # when only the saturated result is used below, saturate the magnitude (cheaper)
+        saturated = saturate or not (has_inf or has_nan)
+        r = round_binades_stochastic(x, man, floor_exp, noise, limit if saturated else None)
     else:
         r = torch.where(
             x.abs() >= 2.0**emin,  # False for NaN, which round_scaled keeps
@@ -104,7 +99,7 @@ def round_float(
         r = torch.where(x.abs() == 1.5 * 2.0 ** (emin - 1), r * 0.0, r)
     if not subnormals:
         r = torch.where(r.abs() < 2.0**emin, r * 0.0, r)
-    clamped = r.clamp(-limit, limit)  # r has x's sign bit; NaN stays NaN
+    clamped = r if saturated else r.clamp(-limit, limit)  # r has x's sign; NaN stays NaN
     if not has_inf and (saturate or not has_nan):
         return clamped  # every overflow saturates, ±Inf inputs included
     special = x.abs() == math.inf  # ±Inf inputs (vectorizes, unlike isinf)
