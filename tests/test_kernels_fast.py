@@ -22,7 +22,16 @@ from qtorch.formats.block import BlockFloatingPoint
 from qtorch.formats.fixed import FixedPoint
 from qtorch.formats.floating import FloatingPoint
 from qtorch.formats.posit import Posit
-from qtorch.kernels.bits import copysign, exponent, isnan, layout, mul_pow2, signbit
+from qtorch.kernels.bits import (
+    copysign,
+    exponent,
+    flip_sign,
+    flip_sign_bits,
+    isnan,
+    layout,
+    mul_pow2,
+    signbit,
+)
 from qtorch.kernels.per_block import stored
 from qtorch.kernels.round import (
     binades_fit,
@@ -214,6 +223,21 @@ def test_copysign_is_torch_copysign_bit_for_bit(dtype: torch.dtype) -> None:
         fused = compiled(v, x)
     assert torch.equal(copysign(v, x).view(lay.int_dtype), want)
     assert torch.equal(fused.view(lay.int_dtype), want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_flip_sign_is_a_negation_where_x_is_negative(dtype: torch.dtype) -> None:
+    """Both forms (the CPU's where, the other devices' bit operations) against
+    ``where(torch.signbit(x), torch.neg(v), v)``, bit for bit: zeros and NaN flip too."""
+    lay = layout(dtype)
+    specials = torch.cat([SPECIALS_F32, -SPECIALS_F32]).to(dtype)
+    v = torch.cat([_random_bits(3000, dtype, seed=7), specials.repeat_interleave(len(specials))])
+    x = torch.cat([_random_bits(3000, dtype, seed=8), specials.repeat(len(specials))])
+    want = torch.where(torch.signbit(x), torch.neg(v), v).view(lay.int_dtype)
+    assert torch.equal(flip_sign(v, x).view(lay.int_dtype), want)
+    assert torch.equal(flip_sign_bits(v, x.view(lay.int_dtype)).view(lay.int_dtype), want)
+    zero = torch.zeros(1, dtype=dtype)
+    assert torch.signbit(flip_sign_bits(zero, torch.tensor([-1], dtype=lay.int_dtype))).item()
 
 
 @pytest.mark.parametrize("fmt", [Posit(8, 2), BlockFloatingPoint(8)], ids=repr)

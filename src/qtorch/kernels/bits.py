@@ -61,17 +61,41 @@ def signbit(x: torch.Tensor) -> torch.Tensor:
 def copysign(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``torch.copysign(v, x)``: |v| with the sign bit of x, for every v and x (NaN too).
 
-    Compiled without an autograd graph to build, it is ``where(signbit(x), -|v|, |v|)``:
+    Compiled without an autograd graph to build, it is :func:`flip_sign` of ``|v|``.
     Inductor (torch 2.13) compiles ``torch.copysign`` on the CPU to a call of
     ``Sleef_copysignf16`` per vector of 16, which spills every live vector register around
-    the call. Eagerly (or when a graph is built, where copysign keeps x in it) it is
-    ``torch.copysign``: one operation, where a boolean mask would cost several.
+    the call; and a negation would lose the sign of zero on CUDA (see :func:`flip_sign`).
+    Eagerly (or when a graph is built, where copysign keeps x in it) it is
+    ``torch.copysign``: one operation.
     """
     graph = torch.is_grad_enabled() and (v.requires_grad or x.requires_grad)
     if torch.compiler.is_compiling() and not graph:
-        magnitude = v.abs()
-        return torch.where(signbit(x), -magnitude, magnitude)
+        return flip_sign(v.abs(), x)
     return torch.copysign(v, x)
+
+
+def flip_sign(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """v with its sign bit flipped where x's sign bit is set: ``where(signbit(x), -v, v)``.
+
+    Zeros and NaN flip too, on every backend. On the CPU it is that ``where`` (unary minus
+    flips the sign bit there); elsewhere it works on the bit patterns (an AND and an XOR),
+    because Triton (3.6) compiles unary minus on floats as ``0 - v``, which turns +0 into
+    +0: the compiled CUDA kernels gave +0 where the eager path gave -0 (found by
+    benchmarks/gpu_check.py). On the CPU the bit form cost codebook stochastic 2-3 % (A/B).
+    x may be the int view of the sign's source (its own sign bit is read).
+    """
+    lay = layout(v.dtype)
+    bits = x if x.dtype == lay.int_dtype else x.view(lay.int_dtype)
+    if v.device.type == "cpu":
+        return torch.where(bits < 0, -v, v)
+    return flip_sign_bits(v, bits)
+
+
+def flip_sign_bits(v: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """:func:`flip_sign` on the bit patterns (``bits``: the int view of the sign's source)."""
+    lay = layout(v.dtype)
+    sign = -(1 << (lay.mantissa_bits + lay.exponent_bits))  # the sign bit, as a signed int
+    return (v.view(lay.int_dtype) ^ (bits & sign)).view(v.dtype)
 
 
 def isnan(x: torch.Tensor) -> torch.Tensor:

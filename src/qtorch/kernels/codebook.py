@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from qtorch.kernels.bits import isnan, signbit
+from qtorch.kernels.bits import flip_sign, isnan, signbit
 from qtorch.kernels.codebook_search import (
     Search,
     bucket_of,
@@ -276,7 +276,7 @@ def round_mirrored(
     negative: the result is sign(x)·t). ``search`` as in :func:`round_signed`. NaN stays NaN.
     """
     q = lookup(x.abs(), table, thresholds, search)
-    q = torch.where(signbit(x), -q, q)
+    q = flip_sign(q, x)
     return torch.where(isnan(x), x, q)
 
 
@@ -428,7 +428,7 @@ def round_mirrored_stochastic(
     lo, hi = bracket(y, points, n, prepared)
     q = choose_stochastic(y, lo, hi, noise, halves)
     q = torch.where(y == 0, y, q)
-    q = torch.where(signbit(x), -q, q)
+    q = flip_sign(q, x)
     return torch.where(isnan(x), x, q)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from qtorch.kernels.bits import copysign, exponent, layout, ldexp, mul_pow2, signbit
+from qtorch.kernels.bits import copysign, exponent, flip_sign, layout, ldexp, mul_pow2, signbit
 from qtorch.rounding import Rounding
 
 
@@ -197,7 +197,7 @@ def round_binades_stochastic(
     r = torch.where(noise < k - low, low + 1.0, low) * quantum_bits.view(x.dtype)
     if limit is not None:
         r = r.clamp(max=limit)  # NaN stays NaN
-    return torch.where(bits < 0, -r, r)
+    return flip_sign(r, bits)
 
 
 def binades_fit(dtype: torch.dtype, man: int, floor_exp: int) -> bool:
