@@ -14,6 +14,7 @@ from edge_cases import SPECIALS_F32, bits_equal, neighbours_f32, random_float32
 import qtorch
 from qtorch import Codebook, nf4
 from qtorch.formats import Boundary
+from qtorch.formats.codebook import _fields
 from qtorch.kernels.codebook import (
     bracket,
     choose_stochastic,
@@ -141,6 +142,17 @@ TABLES = {
     "tiny_huge": Codebook([2.0**-140, 1e-20, 3.0e38]),
     "float64_only": Codebook([0.1, 0.2, 0.3]),
 }
+
+
+def test_tables_take_the_fields_that_define_the_format() -> None:
+    """The lookup tables are built from the format's fields (a frozen dataclass cannot be
+    an argument of the function torch.compile runs at trace time on torch 2.11): those
+    fields must be every field, and must rebuild an equal format."""
+    names = {f.name for f in dataclasses.fields(Codebook)}
+    assert names == {"entries", "signed", "scale", "boundaries"}
+    for fmt in TABLES.values():
+        entries, signed, scale, boundaries = _fields(fmt)
+        assert Codebook(entries, signed=signed, scale=scale, boundaries=boundaries) == fmt
 
 
 def _random_tables() -> dict[str, Codebook]:

@@ -192,12 +192,12 @@ class Codebook(Format):
 
     def lookup_tables(self, dtype: torch.dtype, device: torch.device | str) -> CodebookTables:
         """The lookup tensors for a working dtype (float32/float64) and device (cached)."""
-        return _tables(self, dtype, torch.device(device))
+        return _tables(_fields(self), dtype, torch.device(device))
 
     def quantize_kernel(
         self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None
     ) -> torch.Tensor:
-        t = _tables(self, x.dtype, x.device)
+        t = _tables(_fields(self), x.dtype, x.device)
         if rounding is Rounding.STOCHASTIC:
             if noise is None:
                 raise ValueError("Codebook: stochastic rounding needs noise")
@@ -222,7 +222,7 @@ class Codebook(Format):
         work = working_tensor(x, "Codebook.encode")
         if bool(torch.isnan(work).any()):
             raise ValueError("Codebook.encode: x contains NaN, which has no codebook code")
-        t = _tables(self, work.dtype, work.device)
+        t = _tables(_fields(self), work.dtype, work.device)
         size = t.table.numel()
         if self.signed:
             return kern.encode_signed(work, t.thresholds, size, t.search)
@@ -245,7 +245,7 @@ class Codebook(Format):
         if codes.numel() and bool(((codes < 0) | (codes >= limit) | (index >= size)).any()):
             raise ValueError(f"Codebook.decode: codes must be valid codes of {self!r}")
         working = torch.float64 if dtype == torch.float64 else torch.float32
-        table = _tables(self, working, codes.device).table
+        table = _tables(_fields(self), working, codes.device).table
         if self.signed:
             return kern.decode_signed(codes, table).to(dtype)
         return kern.decode_mirrored(codes, table, lay.sign_bit).to(dtype)
@@ -341,14 +341,30 @@ def _compile_constant(fn: Callable[..., CodebookTables]) -> Callable[..., Codebo
     return fn
 
 
+#: What defines a codebook: its entries, signed, scale and boundaries (:func:`_fields`).
+Fields = tuple[tuple[float, ...], bool, float, Boundary | tuple[float, ...]]
+
+
+def _fields(fmt: Codebook) -> Fields:
+    """The fields that define ``fmt``, the argument of :func:`_tables` that stands for it."""
+    return fmt.entries, fmt.signed, fmt.scale, fmt.boundaries
+
+
 @_compile_constant
-def _tables(fmt: Codebook, dtype: torch.dtype, device: torch.device) -> CodebookTables:
-    """The lookup tensors, built once; ``torch.compile`` runs this natively (a constant)."""
-    return _build_tables(fmt, dtype, device)
+def _tables(fields: Fields, dtype: torch.dtype, device: torch.device) -> CodebookTables:
+    """The lookup tensors, built once; ``torch.compile`` runs this natively (a constant).
+
+    It takes the format's fields (:func:`_fields`), not the format: Dynamo turns the
+    arguments of such a function into Python constants, and torch 2.11's cannot do that
+    with a frozen dataclass (every codebook kernel then failed to compile).
+    """
+    return _build_tables(fields, dtype, device)
 
 
 @functools.lru_cache(maxsize=64)
-def _build_tables(fmt: Codebook, dtype: torch.dtype, device: torch.device) -> CodebookTables:
+def _build_tables(fields: Fields, dtype: torch.dtype, device: torch.device) -> CodebookTables:
+    entries, signed, scale, boundaries = fields
+    fmt = Codebook(entries, signed=signed, scale=scale, boundaries=boundaries)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"Codebook: working dtype must be float32 or float64, got {dtype}")
     lay = _layout(fmt)
