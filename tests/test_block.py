@@ -14,6 +14,7 @@ from edge_cases import SPECIALS_F32, bits_equal, neighbours_f32, random_float32
 
 from qtorch import BlockFloatingPoint, Rounding, quantize
 from qtorch.kernel_mode import kernel_mode
+from qtorch.kernels.block import max_in_rows
 
 DETERMINISTIC = [m for m in Rounding if m is not Rounding.STOCHASTIC]
 F32_MAX = 3.4028234663852886e38
@@ -253,3 +254,15 @@ def test_compiled_kernel_is_bitwise_eager(fmt: BlockFloatingPoint, mode: Roundin
         warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Inductor
         got = compiled(x, noise)
     assert bits_equal(got, fmt.quantize_kernel(x, mode, noise))
+
+
+@pytest.mark.parametrize("n", [1, 4095, 4096, 4097, 3 * 4096 + 5])
+def test_max_in_rows_is_the_maximum(n: int) -> None:
+    """The CUDA path's whole-tensor maximum (rows of 4096, then the rest) against amax."""
+    t = torch.randint(0, 2**31 - 1, (n,), generator=torch.Generator().manual_seed(n))
+    t = t.to(torch.int32)
+    for where in (0, n // 2, n - 1):  # the maximum in the first row, the middle, the tail
+        u = t.clone()
+        u[where] = 2**31 - 1
+        assert int(max_in_rows(u)) == int(u.amax()) == 2**31 - 1
+    assert int(max_in_rows(t.view(1, n))) == int(t.amax())

@@ -31,11 +31,30 @@ def block_max(x: torch.Tensor, dim: int) -> torch.Tensor:
     lay = layout(x.dtype)
     magnitude = x.view(lay.int_dtype) & ((1 << (lay.exponent_bits + lay.mantissa_bits)) - 1)
     if dim == -1:
-        top = magnitude.amax()
+        top = magnitude.amax() if x.device.type != "cuda" else max_in_rows(magnitude)
     else:
         others = [d for d in range(x.ndim) if d != dim]
         top = magnitude.amax(dim=others, keepdim=True) if others else magnitude
     return top.view(x.dtype)
+
+
+#: Row length of :func:`max_in_rows`.
+MAX_ROW = 4096
+
+
+def max_in_rows(t: torch.Tensor) -> torch.Tensor:
+    """``t.amax()`` (t not empty) as the maximum of the maxima of rows of :data:`MAX_ROW`.
+
+    For CUDA: a kernel compiled for symbolic sizes splits a whole-tensor reduction into as
+    many pieces as suited the size it was first compiled for (128 at 1,048,576), so a
+    larger tensor runs on a few programs. Rows give one program per row at every size (the
+    elements past the last whole row join the row maxima). On an H200, block(8) nearest on
+    1e8 float32: 0.51 → 0.41 ms (copy 0.21 ms).
+    """
+    flat = t.reshape(-1)
+    whole = flat.numel() - flat.numel() % MAX_ROW
+    rows = flat[:whole].view(-1, MAX_ROW).amax(dim=1)
+    return torch.cat([rows, flat[whole:]]).amax()
 
 
 def quantize_block(

@@ -186,7 +186,10 @@ def quantize_mx(
     # x / 2**e as x * 2**-e: a power of two (normal: at most 2**127), so the product is
     # x / 2**e rounded once (exact unless it falls below the working dtype's normal range,
     # far below every element quantum). NaN blocks have a NaN scale: all NaN.
-    down, up, low = (per_element(f, dim) for f in stored(1.0 / scale / low, scale, low))
+    factors: tuple[torch.Tensor, ...] = (1.0 / scale / low, scale, low)
+    if not work.is_cuda:  # on CUDA one fused kernel is faster (see qtorch.kernels.per_block)
+        factors = stored(*factors)
+    down, up, low = (per_element(f, dim) for f in factors)
     if noise is not None:
         noise = to_blocks(noise.reshape(work.shape), block_size, dim)
     q = quantize_element(to_blocks(work, block_size, dim) * down, rounding, noise) * up
