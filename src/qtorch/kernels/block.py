@@ -46,8 +46,8 @@ def max_in_rows(t: torch.Tensor) -> torch.Tensor:
     """``t.amax()`` (t not empty) as the maximum of the maxima of rows of :data:`MAX_ROW`.
 
     For CUDA: a kernel compiled for symbolic sizes splits a whole-tensor reduction into as
-    many pieces as suited the size it was first compiled for (128 at 1,048,576), so a
-    larger tensor runs on a few programs. Rows give one program per row at every size (the
+    many pieces as suited the size it was first compiled for (128 at 1,048,576), so 1e8
+    elements ran on 128 programs. Rows give one program per row at every size (the
     elements past the last whole row join the row maxima). On an H200, block(8) nearest on
     1e8 float32: 0.51 → 0.41 ms (copy 0.21 ms).
     """
