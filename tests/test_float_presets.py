@@ -118,14 +118,17 @@ def test_formats_without_nan_keep_nan_and_saturate_inf(fmt: FloatingPoint) -> No
 
 
 @pytest.mark.parametrize(
-    ("fmt", "dtype", "saturate"),
-    [
-        (formats.float8_e4m3fn, torch.float8_e4m3fn, True),  # torch's cast saturates, Inf too
-        (formats.float8_e5m2, torch.float8_e5m2, False),  # torch's cast overflows to Inf
-    ],
+    ("fmt", "dtype"),
+    [(formats.float8_e4m3fn, torch.float8_e4m3fn), (formats.float8_e5m2, torch.float8_e5m2)],
     ids=["float8_e4m3fn", "float8_e5m2"],
 )
-def test_matches_torch_float8_casts(fmt: FloatingPoint, dtype: torch.dtype, saturate: bool) -> None:
+def test_matches_torch_float8_casts(fmt: FloatingPoint, dtype: torch.dtype) -> None:
+    """Against torch's cast, in the overflow mode of the installed torch: the e4m3fn cast
+    saturates (Inf too) in torch 2.13 and gave NaN beyond 448 in 2.11; e5m2 overflows to
+    Inf."""
+    saturate = bool(torch.isfinite(torch.tensor([1e6]).to(dtype).float()).item())
+    if dtype == torch.float8_e4m3fn and torch.__version__ >= (2, 13):
+        assert saturate
     codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(dtype).float()
     x = _inputs(codes)
     got = qtorch.quantize(x, dataclasses.replace(fmt, saturate=saturate))
