@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -163,3 +164,28 @@ def test_ref_tanh_module() -> None:
     y.sum().backward()
     assert x.grad is not None
     assert torch.allclose(x.grad, 1 - torch.tanh(x.detach()) ** 2)  # autograd's own formula
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        qtorch.nn.PositTanhModule(8),
+        qtorch.nn.PositTanhModuleEnhanced(16),
+        qtorch.nn.PositSigmoidModule(8),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_gradients_through_torch_compile_match_eager(module: torch.nn.Module) -> None:
+    """Under the user's torch.compile the layer before gets the eager gradients (torch
+    2.11's Dynamo gave it zeros: the forward ends in in-place operations)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), module)
+    x = torch.randn(3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Dynamo
+        torch.compile(model, fullgraph=True, backend="eager")(x).sum().backward()
+    compiled = model[0].weight.grad.clone()
+    model.zero_grad()
+    model(x).sum().backward()
+    assert torch.count_nonzero(model[0].weight.grad) > 0
+    assert torch.equal(compiled, model[0].weight.grad)

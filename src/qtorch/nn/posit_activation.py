@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from qtorch._autograd import function_output
 from qtorch.quant.posit import posit_sigmoid, posit_tanh, posit_tanh_enhanced
 
 __all__ = [
@@ -36,7 +37,7 @@ class PositTanhFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, nsize: int = 16) -> torch.Tensor:
         y = posit_tanh(x, nsize)
         ctx.save_for_backward(y)
-        return y
+        return function_output(y)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -51,7 +52,7 @@ class PositTanhFunctionEnhanced(PositTanhFunction):
     def forward(ctx: Any, x: torch.Tensor, nsize: int = 16) -> torch.Tensor:
         y = posit_tanh_enhanced(x, nsize)
         ctx.save_for_backward(y)
-        return y
+        return function_output(y)
 
 
 class PositSigmoidFunction(torch.autograd.Function):
@@ -61,7 +62,7 @@ class PositSigmoidFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, nsize: int = 16) -> torch.Tensor:
         y = posit_sigmoid(x, nsize)
         ctx.save_for_backward(y)
-        return y
+        return function_output(y)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qtorch._autograd import function_output
 from qtorch.formats.base import Format
 from qtorch.quantize import quantize
 from qtorch.rounding import Rounding
@@ -73,7 +74,7 @@ class QuantizerFunction(torch.autograd.Function):
             if mask is not None:
                 ctx.save_for_backward(mask)
                 ctx.masked = True
-        return q
+        return function_output(q)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:
