@@ -35,6 +35,8 @@ from qtorch.kernels.bits import (
 from qtorch.kernels.per_block import stored
 from qtorch.kernels.round import (
     binades_fit,
+    binades_nearest_fit,
+    round_binades_nearest,
     round_binades_stochastic,
     round_fraction_bits,
     round_scaled,
@@ -173,6 +175,57 @@ def test_round_binades_stochastic_matches_reference(dtype: torch.dtype) -> None:
         )
         assert bits_equal(saturated[~nan], clamped[~nan]), (man, floor_exp)
         assert torch.isnan(saturated[nan]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_round_binades_nearest_matches_reference(dtype: torch.dtype) -> None:
+    lay = layout(dtype)
+    cases = [(1, 0, 2), (1, 1, 1), (3, -6, 8), (2, -14, 15), (3, -7, 8), (10, -14, 15)]
+    cases += [(1, lay.min_normal_exp, 3), (lay.mantissa_bits - 1, lay.min_normal_exp, 0)]
+    cases += [(2, -3, lay.bias - lay.mantissa_bits + 1)]  # the highest top it allows
+    for man, floor_exp, top_exp in cases:
+        assert binades_nearest_fit(dtype, man, floor_exp, top_exp)
+        g = torch.Generator().manual_seed(man - floor_exp)
+        # random patterns, specials, ties, and values in the binades at both ends
+        near = torch.ldexp(
+            torch.rand(4000, generator=g, dtype=torch.float64) * 4 - 2,
+            torch.cat(
+                [
+                    torch.randint(floor_exp - man - 3, floor_exp + 3, (2000,), generator=g),
+                    torch.randint(top_exp - 2, top_exp + 3, (2000,), generator=g),
+                ]
+            ),
+        )
+        x = _random_bits(4000, dtype, seed=man - floor_exp)
+        x = _with_ties(torch.cat([x, near.to(dtype)]), lay.mantissa_bits - man)
+        quantum_exp = torch.clamp(exponent(x), min=floor_exp) - man
+        expected = round_to_quantum(x, quantum_exp, Rounding.NEAREST)
+        got = round_binades_nearest(x, man, floor_exp, top_exp)
+        nan = torch.isnan(x)
+        assert torch.equal(torch.isnan(got), nan), (man, floor_exp)
+        assert torch.equal(signbit(got), signbit(x)), (man, floor_exp)  # NaN and -0 too
+        below = x.abs() < 2.0 ** (top_exp + 1)
+        assert bits_equal(got[below], expected[below]), (man, floor_exp)
+        # larger magnitudes (±Inf too) stay large enough to be seen as overflow
+        above = ~below & ~nan
+        assert (got[above].abs() >= 2.0 ** (top_exp + 1)).all(), (man, floor_exp)
+        # with a limit on the grid: magnitudes above it saturate, ±Inf included
+        limit = (2.0 - 2.0**-man) * 2.0**top_exp
+        saturated = round_binades_nearest(x, man, floor_exp, top_exp, limit)
+        clamped = torch.where(
+            x.abs() >= limit, torch.copysign(torch.tensor(limit, dtype=dtype), x), expected
+        )
+        assert bits_equal(saturated, clamped), (man, floor_exp)
+
+
+def test_binades_nearest_fit_refuses_what_it_cannot_round() -> None:
+    assert not binades_nearest_fit(torch.float32, 0, -6, 7)  # no fraction bit: ties differ
+    assert not binades_nearest_fit(torch.float32, 23, -6, 7)  # nothing to drop
+    assert not binades_nearest_fit(torch.float32, 3, 1, 0)  # the top below the floor
+    assert not binades_nearest_fit(torch.float32, 7, -126, 127)  # 2c would overflow
+    assert binades_nearest_fit(torch.float32, 7, -126, 110)
+    assert not binades_nearest_fit(torch.float32, 7, -126, 111)
+    assert binades_nearest_fit(torch.float64, 7, -126, 127)
 
 
 def test_binades_fit_refuses_quanta_it_cannot_scale_exactly() -> None:

@@ -15,6 +15,8 @@ import torch
 from qtorch.kernels.bits import exponent, layout, ldexp, signbit
 from qtorch.kernels.round import (
     binades_fit,
+    binades_nearest_fit,
+    round_binades_nearest,
     round_binades_stochastic,
     round_fraction_bits,
     round_scaled,
@@ -68,7 +70,12 @@ def round_float(
     magnitudes below it are rounded to the constant quantum of the lowest binade
     (:func:`round_scaled`): 2**(emin - man), or 2**(emin - 1 - man) without subnormals,
     where everything below 2**(emin - 1) ends below 2**emin and is flushed anyway. NaN
-    takes the second half. Stochastic rounding, where the quanta allow it (every format with
+    takes the second half. Nearest rounding, where the binades allow it (every layout
+    with a fraction bit whose range float32 holds with room for one binade more, not
+    bfloat16), uses one formula for both halves instead (:func:`round_binades_nearest`,
+    same bits; A/B 0.79-0.90 for float formats, 4,194,304 float32, 2 threads), which also
+    saturates the magnitude first for saturating formats. Stochastic rounding, where the
+    quanta allow it (every format with
     a fraction bit and quanta from 2**-126 to 1 on float32), uses one formula for both
     halves instead (:func:`round_binades_stochastic`, same bits; A/B 0.92 float(5,2),
     0.94 MX E4M3, 0.96 NVFP4, 4,194,304 float32, 2 threads), and saturating formats
@@ -85,6 +92,11 @@ def round_float(
         # when only the saturated result is used below, saturate the magnitude (cheaper)
         saturated = saturate or not (has_inf or has_nan)
         r = round_binades_stochastic(x, man, floor_exp, noise, limit if saturated else None)
+    elif rounding is Rounding.NEAREST and binades_nearest_fit(
+        x.dtype, man, floor_exp, top_exp := max(math.frexp(limit)[1] - 1, floor_exp)
+    ):
+        saturated = saturate or not (has_inf or has_nan)
+        r = round_binades_nearest(x, man, floor_exp, top_exp, limit if saturated else None)
     else:
         r = torch.where(
             x.abs() >= 2.0**emin,  # False for NaN, which round_scaled keeps
