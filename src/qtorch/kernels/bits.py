@@ -68,10 +68,20 @@ def copysign(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     Eagerly (or when a graph is built, where copysign keeps x in it) it is
     ``torch.copysign``: one operation.
     """
-    graph = torch.is_grad_enabled() and (v.requires_grad or x.requires_grad)
-    if torch.compiler.is_compiling() and not graph:
+    if compiled_without_graph(v, x):
         return flip_sign(v.abs(), x)
     return torch.copysign(v, x)
+
+
+def compiled_without_graph(*tensors: torch.Tensor) -> bool:
+    """Whether this code is being compiled and no autograd graph is built for ``tensors``.
+
+    There, kernels may take bit-level forms that the compiler fuses better; eagerly, or
+    where the result must join an autograd graph, they keep plain torch operations.
+    """
+    if not torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def flip_sign(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
