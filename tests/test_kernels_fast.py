@@ -188,7 +188,7 @@ def test_round_binades_nearest_matches_reference(dtype: torch.dtype) -> None:
         g = torch.Generator().manual_seed(man - floor_exp)
         # random patterns, specials, ties, and values in the binades at both ends
         near = torch.ldexp(
-            torch.rand(4000, generator=g, dtype=torch.float64) * 4 - 2,
+            torch.rand(4000, generator=g, dtype=torch.float64) * 2,
             torch.cat(
                 [
                     torch.randint(floor_exp - man - 3, floor_exp + 3, (2000,), generator=g),
@@ -197,25 +197,18 @@ def test_round_binades_nearest_matches_reference(dtype: torch.dtype) -> None:
             ),
         )
         x = _random_bits(4000, dtype, seed=man - floor_exp)
-        x = _with_ties(torch.cat([x, near.to(dtype)]), lay.mantissa_bits - man)
-        quantum_exp = torch.clamp(exponent(x), min=floor_exp) - man
-        expected = round_to_quantum(x, quantum_exp, Rounding.NEAREST)
-        got = round_binades_nearest(x, man, floor_exp, top_exp)
-        nan = torch.isnan(x)
+        magnitude = _with_ties(torch.cat([x, near.to(dtype)]), lay.mantissa_bits - man).abs()
+        quantum_exp = torch.clamp(exponent(magnitude), min=floor_exp) - man
+        expected = round_to_quantum(magnitude, quantum_exp, Rounding.NEAREST)
+        got = round_binades_nearest(magnitude, man, floor_exp, top_exp)
+        nan = torch.isnan(magnitude)
         assert torch.equal(torch.isnan(got), nan), (man, floor_exp)
-        assert torch.equal(signbit(got), signbit(x)), (man, floor_exp)  # NaN and -0 too
-        below = x.abs() < 2.0 ** (top_exp + 1)
+        assert not signbit(got[~nan]).any(), (man, floor_exp)  # +0, never -0
+        below = magnitude < 2.0 ** (top_exp + 1)
         assert bits_equal(got[below], expected[below]), (man, floor_exp)
-        # larger magnitudes (±Inf too) stay large enough to be seen as overflow
+        # larger magnitudes (+Inf too) stay large enough to be seen as overflow
         above = ~below & ~nan
-        assert (got[above].abs() >= 2.0 ** (top_exp + 1)).all(), (man, floor_exp)
-        # with a limit on the grid: magnitudes above it saturate, ±Inf included
-        limit = (2.0 - 2.0**-man) * 2.0**top_exp
-        saturated = round_binades_nearest(x, man, floor_exp, top_exp, limit)
-        clamped = torch.where(
-            x.abs() >= limit, torch.copysign(torch.tensor(limit, dtype=dtype), x), expected
-        )
-        assert bits_equal(saturated, clamped), (man, floor_exp)
+        assert (got[above] >= 2.0 ** (top_exp + 1)).all(), (man, floor_exp)
 
 
 def test_binades_nearest_fit_refuses_what_it_cannot_round() -> None:

@@ -71,13 +71,13 @@ def round_float(
     (:func:`round_scaled`): 2**(emin - man), or 2**(emin - 1 - man) without subnormals,
     where everything below 2**(emin - 1) ends below 2**emin and is flushed anyway. NaN
     takes the second half. Nearest rounding, where the binades allow it (every layout
-    with a fraction bit whose range float32 holds with room for one binade more, not
-    bfloat16), uses one formula for both halves instead (:func:`round_binades_nearest`,
-    same bits; A/B 0.79-0.90 for float formats, 4,194,304 float32, 2 threads), which also
-    saturates the magnitude first for saturating formats. Stochastic rounding, where the
-    quanta allow it (every format with
-    a fraction bit and quanta from 2**-126 to 1 on float32), uses one formula for both
-    halves instead (:func:`round_binades_stochastic`, same bits; A/B 0.92 float(5,2),
+    with a fraction bit whose range the working dtype holds with room for one binade
+    more: not bfloat16 on float32), uses one formula for both halves instead, on the
+    magnitude, with overflow handled before the sign is put back
+    (:func:`_round_nearest_in_binades`, same bits; A/B 0.79-0.90 for float formats,
+    4,194,304 float32, 2 threads). Stochastic rounding, where the quanta allow it (every
+    format with a fraction bit and quanta from 2**-126 to 1 on float32), uses one formula
+    for both halves instead (:func:`round_binades_stochastic`, same bits; A/B 0.92 float(5,2),
     0.94 MX E4M3, 0.96 NVFP4, 4,194,304 float32, 2 threads), and saturating formats
     saturate its magnitude before the sign (A/B 0.89-0.95 more).
     """
@@ -95,8 +95,9 @@ def round_float(
     elif rounding is Rounding.NEAREST and binades_nearest_fit(
         x.dtype, man, floor_exp, top_exp := max(math.frexp(limit)[1] - 1, floor_exp)
     ):
-        saturated = saturate or not (has_inf or has_nan)
-        r = round_binades_nearest(x, man, floor_exp, top_exp, limit if saturated else None)
+        return _round_nearest_in_binades(
+            x, man, emin, floor_exp, top_exp, limit, subnormals, saturate, has_inf, has_nan
+        )
     else:
         r = torch.where(
             x.abs() >= 2.0**emin,  # False for NaN, which round_scaled keeps
@@ -125,6 +126,41 @@ def round_float(
     if has_inf:
         return torch.where(special, x * math.inf, clamped)  # x is nonzero there: ±Inf
     return torch.where(special, torch.copysign(torch.full_like(x, math.nan), x), clamped)
+
+
+def _round_nearest_in_binades(
+    x: torch.Tensor,
+    man: int,
+    emin: int,
+    floor_exp: int,
+    top_exp: int,
+    limit: float,
+    subnormals: bool,
+    saturate: bool,
+    has_inf: bool,
+    has_nan: bool,
+) -> torch.Tensor:
+    """:func:`round_float` with nearest rounding where :func:`binades_nearest_fit` allows.
+
+    Every step acts on the magnitude (:func:`round_binades_nearest`), and x's sign bit is
+    put back last, by an OR: saturation before rounding (the same result, since ``limit``
+    is on the grid: ``where`` instead of a clamp, whose maximum and minimum propagate NaN),
+    overflow to ±Inf or NaN after it, the flush without subnormals; ±Inf inputs take the
+    same ``where``s as large values. Same bits as the general form.
+    """
+    lay = layout(x.dtype)
+    magnitude = x.abs()
+    if saturate or not (has_inf or has_nan):
+        top = torch.where(magnitude == math.inf, magnitude, limit) if has_inf else limit
+        magnitude = torch.where(magnitude > limit, top, magnitude)  # NaN stays NaN
+        r = round_binades_nearest(magnitude, man, floor_exp, top_exp)
+    else:
+        r = round_binades_nearest(magnitude, man, floor_exp, top_exp)
+        r = torch.where(r > limit, math.inf if has_inf else math.nan, r)
+    if not subnormals:
+        r = torch.where(r < 2.0**emin, 0.0, r)
+    sign = x.view(lay.int_dtype) & ~lay.magnitude_mask
+    return (r.view(lay.int_dtype) | sign).view(x.dtype)
 
 
 def decode_float(
