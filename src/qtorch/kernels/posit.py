@@ -130,7 +130,9 @@ def round_ef_nearest(ef: torch.Tensor, nsize: int, es: int, frac_bits: int) -> t
     sign_shift = ef.element_size() * 8 - 1
     run = ef >> tail_bits  # k, the regime value
     run ^= run >> sign_shift  # R - 2: k for k >= 0, -1 - k for k < 0
-    d = (run + (tail_bits + 2 - (nsize - 1))).clamp_(0, tail_bits)
+    offset = tail_bits + 2 - (nsize - 1)
+    # run >= 0, so d >= offset: the lower clamp matters only for a negative offset
+    d = (run + offset).clamp_(0 if offset < 0 else None, tail_bits)
     # The code's last kept bit is bit d of ef, except when no tail bit survives (d == es + F):
     # then it is the regime's terminating bit, 1 iff k < 0, while bit d of ef is k's low bit;
     # the two differ exactly when run is odd.
