@@ -460,7 +460,7 @@ def test_auto_keeps_the_faster_path_per_size_class(
     monkeypatch.setattr(qtorch.kernels.eager, "run", timed("eager", eager_run))
     monkeypatch.setattr(fused, "quantize_compiled", timed("compiled", compiled_run))
     fmt = _format("fixed")
-    small, other, large = (torch.randn(n) * 4 for n in (3000, 70_000, fused.MEASURE_BELOW))
+    small, other, large = (torch.randn(n) * 4 for n in (3000, 70_000, fused.MEASURE_BELOW["cpu"]))
     with qtorch.kernel_mode("eager"):
         expected = [qtorch.quantize(t, fmt) for t in (small, other, large)]
     with qtorch.kernel_mode("compiled"):
@@ -477,6 +477,40 @@ def test_auto_keeps_the_faster_path_per_size_class(
             else:  # three calls each, alternating; then only eager
                 assert ran == ["compiled", "eager"] * 3, ran
                 assert bits_equal(qtorch.quantize(t, fmt), want) and ran[-1] == "eager"
+
+
+@pytest.mark.usefixtures("fresh_fused")
+def test_auto_timing_waits_for_queued_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each timed call starts and stops its clock after waiting for the device's queued
+    work (a no-op on the CPU; on CUDA the kernels run asynchronously), untimed calls don't."""
+    events: list[str] = []
+    eager_run, compiled_run = qtorch.kernels.eager.run, fused.quantize_compiled
+
+    def logged(path: str, run: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def wrapper(*args: object, **kwargs: object) -> torch.Tensor:
+            events.append(path)
+            return run(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(fused, "_compile", lambda fn, backend: fn)
+    monkeypatch.setattr(fused, "compile_available", lambda device_type: True)
+    monkeypatch.setattr(fused, "_finish_queued", lambda x: events.append("wait"))
+    monkeypatch.setattr(fused, "_clock", lambda: 0.0)  # a tie: all calls are timed
+    monkeypatch.setattr(qtorch.kernels.eager, "run", logged("eager", eager_run))
+    monkeypatch.setattr(fused, "quantize_compiled", logged("compiled", compiled_run))
+    fmt, x = _format("fixed"), torch.randn(3000)
+    with qtorch.kernel_mode("compiled"):
+        qtorch.quantize(x, fmt)
+    events.clear()
+    with qtorch.kernel_mode("auto"):
+        for _ in range(2 * fused.MEASURE_CALLS + 2):
+            qtorch.quantize(x, fmt)
+    timed = 2 * fused.MEASURE_CALLS
+    assert events[: 3 * timed] == ["wait", "compiled", "wait", "wait", "eager", "wait"] * (
+        timed // 2
+    ), events
+    assert "wait" not in events[3 * timed :] and len(events) == 3 * timed + 2, events
 
 
 def test_autograd_input_keeps_eager_graph() -> None:

@@ -25,11 +25,12 @@ avoids the known traps:
 * **Small tensors.** A compiled call has a fixed cost (10-15 µs for a shape seen before,
   30-60 µs through Dynamo), so on small tensors a cheap eager kernel can be faster (it was
   at 4,096 elements for fixed-point nearest: 30 against 56 µs through Dynamo). Once a
-  quantizer is compiled, ``"auto"`` mode on the CPU therefore times both paths on the
-  first calls of each size class (a power of two) below :data:`MEASURE_BELOW` elements,
-  :data:`MEASURE_CALLS` calls each (fewer when eager is more than twice as slow), and
-  then keeps the faster for that class. The calls being timed are the user's own calls:
-  both paths give the same bits, so only their speed differs.
+  quantizer is compiled, ``"auto"`` mode therefore times both paths on the first calls of
+  each size class (a power of two) below :data:`MEASURE_BELOW` elements (2**20 on the
+  CPU, 2**27 on CUDA, where a compiled call costs more and a timed call waits for its
+  kernels), :data:`MEASURE_CALLS` calls each (fewer when eager is more than twice as
+  slow), and then keeps the faster for that class. The calls being timed are the user's
+  own calls: both paths give the same bits, so only their speed differs.
 * **Call overhead.** Each kernel is compiled through :class:`qtorch.kernels.compiled_call.
   Capture`, which keeps the function Inductor made; after the first call of a shape, calls
   on the CPU go straight to it instead of through Dynamo's per-call machinery, and the
@@ -97,9 +98,11 @@ EAGER_BELOW: dict[str, int] = {"cpu": 1024, "cuda": 1024}
 #: loop switches to the fused kernel after its first few steps.
 AUTO_COMPILE_AFTER_S = 1.0
 
-#: In ``"auto"`` mode on the CPU, tensors of a compiled quantizer with fewer elements than
-#: this run on whichever path was faster for their size class (see the module docstring).
-MEASURE_BELOW = 1 << 20
+#: In ``"auto"`` mode, tensors of a compiled quantizer with fewer elements than this (per
+#: device type) run on whichever path was faster for their size class (see the module
+#: docstring). On CUDA the bound is high: on an H200 a compiled call cost 0.15-0.40 ms at
+#: every size from 1e4 to 1e7 elements, and eager fixed-point nearest was faster up to 1e7.
+MEASURE_BELOW: dict[str, int] = {"cpu": 1 << 20, "cuda": 1 << 27}
 
 #: Calls timed on each path, per quantizer and size class, before ``"auto"`` chooses.
 MEASURE_CALLS = 3
@@ -271,7 +274,7 @@ def quantize(
                 result = eager()
                 _eager_seconds[key] = spent + _clock() - start
                 return result
-        elif device_type == "cpu" and x.numel() < MEASURE_BELOW:
+        elif x.numel() < MEASURE_BELOW.get(device_type, 0):
             return _faster_path(x, fmt, rounding, seed, inplace, eager, key)
     return quantize_compiled(x, fmt, rounding, seed, inplace, eager, key, kern)
 
@@ -301,11 +304,13 @@ def _faster_path(
     with _lock:
         eager_s, compiled_s = _timings.setdefault(slot, ([], []))
     timed_eager = len(eager_s) < len(compiled_s)
+    _finish_queued(x)
     start = _clock()
     if timed_eager:
         result = eager()
     else:
         result = quantize_compiled(x, fmt, rounding, seed, inplace, eager, key)
+    _finish_queued(x)
     (eager_s if timed_eager else compiled_s).append(_clock() - start)
     if eager_s and compiled_s:
         fast_eager, fast_compiled = min(eager_s), min(compiled_s)
@@ -316,6 +321,13 @@ def _faster_path(
                 _faster[slot] = "eager" if fast_eager < fast_compiled else "compiled"
                 _timings.pop(slot, None)
     return result
+
+
+def _finish_queued(x: torch.Tensor) -> None:
+    """Wait for the work queued on x's device (CUDA runs asynchronously; timing a call
+    means timing its kernels too). Nothing to wait for on the CPU."""
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
 
 
 def _key(
