@@ -15,7 +15,11 @@ For each format family (the formats of ``qtorch bench``):
    with eager);
 5. timing: the compiled nearest and stochastic kernels at 1e8 elements against a
    device-to-device copy of the same tensor (target for nearest: at least 60 % of the copy
-   bandwidth, i.e. copy/fused >= 0.6; stochastic is printed, not checked).
+   bandwidth, i.e. copy/fused >= 0.6; stochastic is printed, not checked);
+6. "auto" mode (fixed and posit nearest, 1e4, 1e6 and 1e7 elements): after its timed
+   first calls of a size class it keeps one path; the check is that its results equal
+   eager's and that it kept the faster path where medians timed here differ by more
+   than 25 % (the eager and compiled medians are printed).
 
 Without CUDA it prints a message and exits 0. ``--cpu-dry-run`` runs the same logic with the
 CPU standing in for the GPU (compiled CPU vs eager CPU, small sizes), to test the script.
@@ -191,6 +195,52 @@ def check_format(
     return results
 
 
+#: Sizes of the "auto" checks on the GPU, and in the dry run.
+AUTO_SIZES = (10_000, 1_000_000, 10_000_000)
+AUTO_SIZES_DRY = (3_000, 30_000, 300_000)
+
+
+def check_auto(device: torch.device, sizes: Sequence[int], log: list[dict[str, Any]]) -> list[bool]:
+    """Check which path "auto" keeps per size class against timings of both paths."""
+    results = []
+    formats = [("fixed", qtorch.FixedPoint(8, 4)), ("posit", qtorch.Posit(8, 2))]
+    old_after = fused.AUTO_COMPILE_AFTER_S
+    fused.AUTO_COMPILE_AFTER_S = 0.0  # compile at once: this checks the choice after it
+    try:
+        for family, fmt in formats:
+            for n in sizes:
+                x = torch.randn(n, device=device) * 4
+                expected = quantize_in("eager", x, fmt, "nearest")
+                same = all(
+                    same_bits(quantize_in("auto", x, fmt, "nearest"), expected)
+                    for _ in range(2 * fused.MEASURE_CALLS + 2)
+                )
+                kept_here = {
+                    path
+                    for (key, size), path in fused._faster.items()
+                    if key[0] == fmt and size == n.bit_length()
+                }
+                times = {}
+                for mode in ("eager", "compiled"):
+                    run = functools.partial(quantize_in, mode, x, fmt, "nearest")
+                    busy((run,), device, 0.1)
+                    times[mode] = median_time(run, device, REPEATS, 3)
+                faster = min(times, key=lambda m: times[m])
+                clear = max(times.values()) > 1.25 * min(times.values())
+                ok = same and len(kept_here) == 1 and (not clear or kept_here == {faster})
+                extra = (
+                    f"kept {sorted(kept_here) or '-'}; eager {times['eager'] * 1e3:.3f} ms, "
+                    f"compiled {times['compiled'] * 1e3:.3f} ms"
+                )
+                results.append(ok)
+                what = f"auto keeps the faster path at {n}"
+                print(f"{family:<12} {what:<44} {'ok' if ok else 'FAIL'} {extra}", flush=True)
+                log.append({"family": family, "check": what, "ok": ok, "extra": extra})
+    finally:
+        fused.AUTO_COMPILE_AFTER_S = old_after
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu-dry-run", action="store_true", help="use the CPU as the device")
@@ -198,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1 << 20, help="elements of the bit checks")
     parser.add_argument("--time-size", type=int, default=0, help="elements timed (default 1e8)")
     parser.add_argument("--json", metavar="FILE", help="also write the checks as JSON")
+    parser.add_argument("--no-auto", action="store_true", help="skip the auto-mode checks")
     args = parser.parse_args(argv)
     if args.cpu_dry_run:
         device = torch.device("cpu")
@@ -224,6 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{family:<12} {'raised':<44} FAIL", flush=True)
             results.append(False)
             log.append({"family": family, "check": "raised", "ok": False})
+    if not args.no_auto:
+        sizes = AUTO_SIZES_DRY if args.cpu_dry_run else AUTO_SIZES
+        try:
+            results += check_auto(device, sizes, log)
+        except Exception:
+            traceback.print_exc()
+            print(f"{'auto':<12} {'raised':<44} FAIL", flush=True)
+            results.append(False)
     failed = results.count(False)
     print(f"{len(results) - failed} checks ok, {failed} failed")
     if args.json:
