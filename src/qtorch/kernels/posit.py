@@ -202,7 +202,7 @@ def _signed_with_specials(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     graph is built, so an input that requires grad gets a result in its graph, as with every
     format), and adding +0 turns the -0 of a negative zero into +0. Compiled (without an
     autograd graph) it is two ``where`` and an OR of x's sign bit instead: the same bits,
-    and no integer multiplications, which are slow vector instructions (A/B 0.88 posit(8,2)
+    and no integer multiplications, which are slow vector instructions (A/B 0.89 posit(8,2)
     nearest, 4,194,304 float32, 2 threads).
     """
     lay = layout(x.dtype)
