@@ -145,6 +145,8 @@ def test_gpu_check_dry_run_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert code == 0, out
     assert "FAIL" not in out and out.count("ok") >= 4
+    assert out.count("auto keeps the faster path") == 6  # fixed and posit, three sizes
+    assert out.count("by buckets: same bits") == 2  # the codebook experiment ran
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git history")
