@@ -151,8 +151,11 @@ def _round_nearest_in_binades(
     lay = layout(x.dtype)
     magnitude = x.abs()
     if saturate or not (has_inf or has_nan):
-        top = torch.where(magnitude == math.inf, magnitude, limit) if has_inf else limit
-        magnitude = torch.where(magnitude > limit, top, magnitude)  # NaN stays NaN
+        if has_inf:  # ±Inf inputs stay ±Inf
+            top = torch.where(magnitude == math.inf, magnitude, limit)
+            magnitude = torch.where(magnitude > limit, top, magnitude)  # NaN stays NaN
+        else:
+            magnitude = magnitude.clamp(max=limit)  # NaN stays NaN
         r = round_binades_nearest(magnitude, man, floor_exp, top_exp)
     else:
         r = round_binades_nearest(magnitude, man, floor_exp, top_exp)
