@@ -19,7 +19,8 @@ For each format family (the formats of ``qtorch bench``):
 6. "auto" mode (fixed and posit nearest, 1e4, 1e6 and 1e7 elements): after its timed
    first calls of a size class it keeps one path; the check is that its results equal
    eager's and that it kept the faster path where medians timed here differ by more
-   than 25 % (the eager and compiled medians are printed);
+   than 25 % (the eager and compiled medians are printed; the CPU dry run, which the
+   test suite runs, checks the results and that one path was kept, not the timings);
 7. an experiment, timed and printed: the 16-entry codebook by the bucket lookup of the
    large tables (gathers) instead of 15 unrolled comparisons (on the CPU: nearest 2.59
    against 2.15 ms, stochastic 3.83 against 3.79 ms at 4,194,304 float32, 2 threads; a
@@ -231,7 +232,9 @@ def check_auto(device: torch.device, sizes: Sequence[int], log: list[dict[str, A
                     times[mode] = median_time(run, device, REPEATS, 3)
                 faster = min(times, key=lambda m: times[m])
                 clear = max(times.values()) > 1.25 * min(times.values())
-                ok = same and len(kept_here) == 1 and (not clear or kept_here == {faster})
+                ok = same and len(kept_here) == 1
+                if device.type == "cuda":  # the dry run (a test) must not depend on timings
+                    ok = ok and (not clear or kept_here == {faster})
                 extra = (
                     f"kept {sorted(kept_here) or '-'}; eager {times['eager'] * 1e3:.3f} ms, "
                     f"compiled {times['compiled'] * 1e3:.3f} ms"
