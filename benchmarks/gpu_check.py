@@ -289,6 +289,20 @@ def experiment_codebook_buckets(
     return results
 
 
+def guarded(
+    label: str, log: list[dict[str, Any]], check: Callable[..., list[bool]], *args: Any
+) -> list[bool]:
+    """``check(*args, log)``'s outcomes, or one failure if it raised (with the traceback):
+    one check's error must not hide the others' results."""
+    try:
+        return check(*args, log)
+    except Exception:
+        traceback.print_exc()
+        print(f"{label:<12} {'raised':<44} FAIL", flush=True)
+        log.append({"family": label, "check": "raised", "ok": False})
+        return [False]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu-dry-run", action="store_true", help="use the CPU as the device")
@@ -317,28 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[bool] = []
     log: list[dict[str, Any]] = []
     for family, fmt in resolve_formats(args.formats):
-        try:
-            results += check_format(family, fmt, device, args.size, time_size, log)
-        except Exception:  # one format's error must not hide the others' results
-            traceback.print_exc()
-            print(f"{family:<12} {'raised':<44} FAIL", flush=True)
-            results.append(False)
-            log.append({"family": family, "check": "raised", "ok": False})
+        results += guarded(family, log, check_format, family, fmt, device, args.size, time_size)
     if not args.no_auto:
         sizes = AUTO_SIZES_DRY if args.cpu_dry_run else AUTO_SIZES
-        try:
-            results += check_auto(device, sizes, log)
-        except Exception:
-            traceback.print_exc()
-            print(f"{'auto':<12} {'raised':<44} FAIL", flush=True)
-            results.append(False)
+        results += guarded("auto", log, check_auto, device, sizes)
     if not args.no_experiments:
-        try:
-            results += experiment_codebook_buckets(device, time_size, log)
-        except Exception:
-            traceback.print_exc()
-            print(f"{'codebook16':<12} {'buckets experiment raised':<44} FAIL", flush=True)
-            results.append(False)
+        results += guarded("codebook16", log, experiment_codebook_buckets, device, time_size)
     failed = results.count(False)
     print(f"{len(results) - failed} checks ok, {failed} failed")
     if args.json:
