@@ -16,7 +16,8 @@ from edge_cases import SPECIALS_F32, bits_equal, random_float32
 
 import qtorch
 from qtorch.cli.bench import FAMILIES, family_format
-from qtorch.kernels import fused
+from qtorch.kernels import fused, mx
+from qtorch.kernels.per_block import stored
 from qtorch.rounding import Rounding
 
 #: One format per family (the ones the benchmark times), plus a block format with a dim.
@@ -98,6 +99,34 @@ def test_fused_per_block_factors_match_eager(name: str, rounding: Rounding) -> N
     for x in (torch.randn(100) * 4, torch.randn(8198), torch.randn(3, 45) * 100):
         eager, compiled = _both(x, fmt, rounding)
         assert bits_equal(eager, compiled), (name, rounding, tuple(x.shape))
+
+
+@pytest.mark.parametrize("rounding", DEFAULT_ROUNDINGS, ids=lambda r: r.value)
+@pytest.mark.parametrize("name", ["mx", "nvfp4"])
+def test_fused_factors_in_kernel_match_eager(
+    name: str, rounding: Rounding, fresh_fused: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MX and NVFP4 as they run on CUDA (the per-block factors left inside the element
+    kernel: qtorch.kernels.mx.factors_in_kernel), compiled here on the CPU: the same bits
+    as eager, on whole blocks and on rows that end in a padded block, where NVFP4 still
+    stores its scales (and MX does not)."""
+    fmt = _format(name)
+    monkeypatch.setattr(mx, "factors_in_kernel", lambda x: True)
+    stores: list[int] = []
+
+    def counted(*factors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        stores.append(len(factors))
+        return stored(*factors)
+
+    monkeypatch.setattr(mx, "stored", counted)
+    bits = torch.cat([SPECIALS_F32, random_float32(2 * 4096 - len(SPECIALS_F32), seed=5)])
+    for x, padded in ((bits.view(4, 2048), False), (torch.randn(3, 45) * 100, True)):
+        eager, compiled = _both(x, fmt, rounding)
+        assert bits_equal(eager, compiled), (name, rounding, tuple(x.shape))
+        del stores[:]
+        with qtorch.kernel_mode("eager"):
+            qtorch.quantize(x, fmt, rounding)
+        assert len(stores) == (name == "nvfp4" and padded), (name, tuple(x.shape))
 
 
 @pytest.mark.slow

@@ -148,6 +148,17 @@ def block_scale(
     return torch.where(amax < math.inf, scale, math.nan), low  # NaN and +Inf maxima: NaN
 
 
+def factors_in_kernel(x: torch.Tensor) -> bool:
+    """Whether the per-block factors of x's blocks are left inside the element kernel.
+
+    On CUDA (True), Inductor fuses the block maxima, the factors and the element pass into
+    one Triton kernel that reads x once; on the CPU (False) the factors are stored once per
+    block (:func:`qtorch.kernels.per_block.stored`), or the element loop recomputes them
+    for every vector of elements.
+    """
+    return x.is_cuda
+
+
 def scale_codes(scale: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
     """E8M0 codes (int32, 0..255) of the block scales ``scale * low`` (NaN gives 255)."""
     e = exponent(scale) - (low < 1.0).to(torch.int32)
@@ -187,7 +198,7 @@ def quantize_mx(
     # x / 2**e rounded once (exact unless it falls below the working dtype's normal range,
     # far below every element quantum). NaN blocks have a NaN scale: all NaN.
     factors: tuple[torch.Tensor, ...] = (1.0 / scale / low, scale, low)
-    if not work.is_cuda:  # on CUDA one fused kernel is faster (see qtorch.kernels.per_block)
+    if not factors_in_kernel(work):
         factors = stored(*factors)
     down, up, low = (per_element(f, dim) for f in factors)
     if noise is not None:
@@ -300,9 +311,13 @@ def quantize_nvfp4(
     work = x.reshape(1) if x.dim() == 0 else x
     s, special = nvfp4_block_scales(block_amax(work, block_size, dim), tensor_scale, quantize_scale)
     d = s if tensor_scale is None else s * tensor_scale  # NaN in NaN/Inf blocks
-    # stored once per block (the flags only make the stack two tensors: see per_block)
-    d = per_element(stored(d, special.to(d.dtype))[0], dim)
     n = work.shape[dim]
+    # Stored once per block (the flags only make the stack two tensors: see per_block),
+    # except on CUDA for whole blocks: rows that end in a padded block failed to compile
+    # there without the stack (an AssertionError inside Inductor, torch 2.11).
+    if not (factors_in_kernel(work) and n % block_size == 0):
+        d = stored(d, special.to(d.dtype))[0]
+    d = per_element(d, dim)
     if noise is not None:
         noise = to_blocks(noise.reshape(work.shape), block_size, dim)
     # a NaN d makes x / d NaN, which the element rounding keeps, and the product NaN
