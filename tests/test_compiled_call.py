@@ -247,6 +247,22 @@ def test_graphs_with_other_inputs_always_use_dynamo(monkeypatch: pytest.MonkeyPa
     assert calls[0] == 1
 
 
+def test_device_types_off_the_direct_list_always_use_dynamo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``DIRECT`` (which gpu_check turns off for CUDA to time the call through Dynamo):
+    with the CPU off, no shape is remembered and every call goes through Dynamo."""
+    monkeypatch.setitem(compiled_call.DIRECT, "cpu", False)
+    fmt = dataclasses.replace(family_format("fixed(8,4)"), wl=10)  # a kernel of its own
+    x = _values(3001)
+    assert bits_equal(qtorch.quantize(x, fmt), _eager(x, fmt, Rounding.NEAREST, 0))
+    kern = _kernel(fmt, Rounding.NEAREST)
+    calls = _count_dynamo(monkeypatch, kern)
+    for _ in range(2):
+        assert bits_equal(qtorch.quantize(x, fmt), _eager(x, fmt, Rounding.NEAREST, 0))
+    assert calls[0] == 2 and not kern.shapes
+
+
 def test_remembered_shapes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compiled_call, "MAX_SHAPES", 2)
     fmt = family_format("fixed(8,4)")

@@ -1,4 +1,4 @@
-"""Calling a compiled kernel: through Dynamo, then (CPU) straight into what Inductor made.
+"""Calling a compiled kernel: through Dynamo, then straight into what Inductor made.
 
 A ``torch.compile``'d function runs, on every call, Dynamo's frame hook, its guards and
 AOTAutograd's runtime wrappers before Inductor's generated code. On a warm cache that is
@@ -12,18 +12,26 @@ So :class:`Capture`, the Dynamo backend of every qtorch kernel, compiles with In
 inputs to the kernel's arguments (x, the seed, and x's sizes for symbolic dimensions).
 :class:`CompiledKernel` runs the first call of each shape of x through Dynamo, which checks
 its guards (and compiles when none passes), and remembers which function Dynamo ran; later
-calls with that shape go straight to it. Anything else that Dynamo's guards look at is fixed
-by the caller's cache key (format, rounding, dtype, device type, contiguity, writing into
-x) or checked here on every call (a plain tensor or parameter, no autograd graph to build,
-no torch function or dispatch mode; CPU only, where this was measured and tested). A graph
-whose inputs do not fit the map always runs through Dynamo.
+calls with that shape (on CUDA: and device index) go straight to it. Anything else that
+Dynamo's guards look at is fixed by the caller's cache key (format, rounding, dtype, device
+type, contiguity, writing into x) or checked here on every call (a plain tensor or
+parameter, no autograd graph to build, no torch function or dispatch mode). A graph whose
+inputs do not fit the map always runs through Dynamo, as do devices other than the CPU and
+CUDA (:data:`DIRECT`).
+
+On CUDA a call through Dynamo cost 0.15-0.40 ms of host time at every size on an H200
+(docs/performance.md), and the timed calls wait for their kernels, so the host's share
+counts. The direct call there is checked and timed against the call through Dynamo by
+``benchmarks/gpu_check.py`` (same function, so the same bits); it was written without a
+GPU, from the CPU path and Inductor's generated CUDA code, which runs on the device index
+it was compiled for.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -163,21 +171,31 @@ def _plain(x: torch.Tensor) -> bool:
     )
 
 
+#: Device types whose calls go straight to the function Dynamo ran for the shape (and, on
+#: CUDA, the device index) seen before. ``benchmarks/gpu_check.py`` turns CUDA off to time
+#: the calls through Dynamo against it.
+DIRECT = {"cpu": True, "cuda": True}
+
+
 class CompiledKernel:
     """A kernel compiled with :class:`Capture`: ``kernel(x, seed)`` runs it (without grad).
 
     ``shapes`` maps each shape of x that ran through Dynamo (as a plain tensor) to the
-    captured function that Dynamo ran for it.
+    captured function that Dynamo ran for it; on CUDA the key is (shape, device index),
+    since Inductor's code for a CUDA graph runs on the device it was compiled for (Dynamo
+    guards on the index and compiles again for another device).
     """
 
     def __init__(self, dynamo_fn: Callable[..., Any], capture: Capture) -> None:
         self.dynamo_fn = dynamo_fn
         self.capture = capture
-        self.shapes: dict[torch.Size, Captured] = {}
+        self.shapes: dict[Hashable, Captured] = {}
 
     def __call__(self, x: torch.Tensor, seed: torch.Tensor | None) -> torch.Tensor | None:
         shape = x.shape
-        direct = self.shapes.get(shape)
+        direct = self.shapes.get(shape)  # a CPU kernel's keys (CUDA ones are never sizes)
+        if direct is None and not x.is_cpu:
+            direct = self.shapes.get(_device_key(x, shape))
         if direct is not None and _plain(x):
             # no graph to build: the result does not require grad, no grad mode needed
             return direct(x, seed, shape)
@@ -185,8 +203,13 @@ class CompiledKernel:
         with torch.no_grad():
             out = self.dynamo_fn(x, seed)
         ran = self.capture.ran()
-        if ran is not None and x.is_cpu and _plain(x):
+        if ran is not None and DIRECT.get(x.device.type, False) and _plain(x):
             if len(self.shapes) >= MAX_SHAPES:
                 self.shapes.clear()
-            self.shapes[shape] = ran
+            self.shapes[shape if x.is_cpu else _device_key(x, shape)] = ran
         return out
+
+
+def _device_key(x: torch.Tensor, shape: torch.Size) -> tuple[torch.Size, int]:
+    """The ``shapes`` key off the CPU: the shape and the device index (an int, no object)."""
+    return shape, x.get_device()
