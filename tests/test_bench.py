@@ -147,6 +147,8 @@ def test_gpu_check_dry_run_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     assert "FAIL" not in out and out.count("ok") >= 4
     assert out.count("auto keeps the faster path") == 6  # fixed and posit, three sizes
     assert out.count("by buckets: same bits") == 2  # the codebook experiment ran
+    assert out.count("direct call at") == 4  # fixed and posit, two sizes
+    assert "bandwidth vs copy" in out and "per call:" in out
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git history")
