@@ -204,7 +204,8 @@ class CompiledKernel:
         with torch.no_grad():
             out = self.dynamo_fn(x, seed)
         ran = self.capture.ran()
-        if ran is not None and DIRECT.get(x.device.type, False) and _plain(x):
+        device_type = "cpu" if x.is_cpu else x.device.type  # x.device builds an object
+        if ran is not None and DIRECT.get(device_type, False) and _plain(x):
             if len(self.shapes) >= MAX_SHAPES:
                 self.shapes.clear()
             self.shapes[shape if x.is_cpu else _device_key(x, shape)] = ran
