@@ -375,7 +375,9 @@ def guarded(
     label: str, log: list[dict[str, Any]], check: Callable[..., list[bool]], *args: Any
 ) -> list[bool]:
     """``check(*args, log)``'s outcomes, or one failure if it raised (with the traceback):
-    one check's error must not hide the others' results."""
+    one check's error must not hide the others' results. Prints the seconds the group took
+    (compiles included), for planning a run within a GPU session's time."""
+    start = time.perf_counter()
     try:
         return check(*args, log)
     except Exception:
@@ -383,6 +385,8 @@ def guarded(
         print(f"{label:<12} {'raised':<44} FAIL", flush=True)
         log.append({"family": label, "check": "raised", "ok": False})
         return [False]
+    finally:
+        print(f"{label:<12} {'took':<44} {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
