@@ -21,11 +21,10 @@ CUDA (:data:`DIRECT`).
 
 On CUDA a compiled call through Dynamo took 0.15-0.40 ms at every size from 1e4 to 1e7
 elements on an H200, each call waited for (a copy of the same tensor: 0.02-0.04 ms), so
-most of it was the host's work (docs/performance.md). The direct call there is checked
-and timed against the call through Dynamo by
-``benchmarks/gpu_check.py`` (same function, so the same bits); it was written without a
-GPU, from the CPU path and Inductor's generated CUDA code, which runs on the device index
-it was compiled for.
+most of it was the host's work (docs/performance.md). The direct call there is checked and
+timed against the call through Dynamo by ``benchmarks/gpu_check.py`` (same function, so
+the same bits); it was written without a GPU, from the CPU path and Inductor's generated
+CUDA code, which runs on the device index it was compiled for.
 """
 
 from __future__ import annotations
@@ -204,11 +203,12 @@ class CompiledKernel:
         with torch.no_grad():
             out = self.dynamo_fn(x, seed)
         ran = self.capture.ran()
-        device_type = "cpu" if x.is_cpu else x.device.type  # x.device builds an object
+        cpu = x.is_cpu
+        device_type = "cpu" if cpu else x.device.type  # x.device builds an object
         if ran is not None and DIRECT.get(device_type, False) and _plain(x):
             if len(self.shapes) >= MAX_SHAPES:
                 self.shapes.clear()
-            self.shapes[shape if x.is_cpu else _device_key(x, shape)] = ran
+            self.shapes[shape if cpu else _device_key(x, shape)] = ran
         return out
 
 

@@ -152,9 +152,9 @@ def factors_in_kernel(x: torch.Tensor) -> bool:
     """Whether the per-block factors of x's blocks are left inside the element kernel.
 
     On CUDA (True), Inductor fuses the block maxima, the factors and the element pass into
-    one Triton kernel that reads x once; on the CPU (False) the factors are stored once per
-    block (:func:`qtorch.kernels.per_block.stored`), or the element loop recomputes them
-    for every vector of elements.
+    one Triton kernel that reads x once. On the CPU (False) the factors are stored once per
+    block (:func:`qtorch.kernels.per_block.stored`): left inside, the element loop would
+    recompute them for every vector of elements.
     """
     return x.is_cuda
 
