@@ -1,0 +1,287 @@
+"""The Triton code Inductor makes for qtorch's CUDA kernels, on a machine without a GPU.
+
+A diagnostic for GPU work on a CPU-only machine: it shows how many kernels each quantizer
+compiles to on CUDA, what each one reads and writes, and (``--code``) their source, so a
+change aimed at the GPU can be read before a GPU runs it. It times nothing and runs
+nothing on a device; ``benchmarks/gpu_check.py`` does that.
+
+How: the kernel function that ``qtorch.quantize`` compiles (``fused._make_kernel``, with its
+dtype casts and noise) is traced with ``make_fx`` on fake tensors whose device is CUDA, and
+the graph goes through Inductor's ``compile_fx`` up to the generated module's source, which
+is printed instead of loaded. CPU-only torch has no CUDA runtime, so the script stands in a
+device (an H100's properties) where Inductor asks for one, and replaces the few Python
+bindings that open a CUDA device guard (``Tensor.__getitem__``, ``Tensor.__invert__``)
+with the ATen calls they make; codebook tables are built on the CPU (they are made from
+Python values) and then faked onto CUDA. The code is Inductor's own, but the shapes are
+static (the real kernels are compiled for symbolic sizes, which can change reduction
+splits), and the reaching into torch's internals is written against torch 2.13.
+
+Needs ``pip install triton`` (Inductor's Triton code generator imports it; it is not a
+qtorch dependency) in an environment with qtorch installed::
+
+    python benchmarks/cuda_codegen.py                       # every family, nearest, 1e8
+    python benchmarks/cuda_codegen.py --formats block nvfp4 --rounding stochastic
+    python benchmarks/cuda_codegen.py --formats codebook16 --code
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import re
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import torch
+
+#: What the stand-in device reports (an H100 SXM's properties, as torch.cuda gives them).
+H100 = types.SimpleNamespace(
+    name="NVIDIA H100 80GB HBM3",
+    major=9,
+    minor=0,
+    multi_processor_count=132,
+    max_threads_per_multi_processor=2048,
+    max_threads_per_block=1024,
+    regs_per_multiprocessor=65536,
+    warp_size=32,
+    total_memory=80 << 30,
+    shared_memory_per_block_optin=232448,
+    max_shared_memory_per_block_optin=232448,
+    L2_cache_size=50 << 20,
+    gcnArchName="",
+    type="cuda",
+    index=0,
+)
+
+
+class _Generated(Exception):
+    """Carries the generated module's source out of Inductor (which would load it next)."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__("generated")
+        self.source = source
+
+
+def _getitem(original: Any) -> Any:
+    """``Tensor.__getitem__`` for slices and index tensors, through ATen ops.
+
+    The Python binding opens a device guard for x's device, which a CPU-only torch cannot
+    make for CUDA; the ops it dispatches to (narrow, index) go through the fake mode.
+    """
+
+    def getitem(self: torch.Tensor, idx: Any) -> torch.Tensor:
+        parts = idx if isinstance(idx, tuple) else (idx,)
+        *lead, last = parts
+        if all(p == slice(None) for p in lead):
+            dim = len(lead)
+            if isinstance(last, slice) and last.step in (None, 1):
+                start = 0 if last.start is None else last.start
+                stop = self.shape[dim] if last.stop is None else last.stop
+                return self.narrow(dim, start, stop - start)
+            if isinstance(last, torch.Tensor):
+                return torch.ops.aten.index.Tensor(self, [None] * dim + [last])
+        return original(self, idx)
+
+    return getitem
+
+
+@contextlib.contextmanager
+def fake_cuda(mode: Any) -> Iterator[None]:
+    """Make torch and Inductor believe in one CUDA device (see the module docstring)."""
+    from torch._dynamo.device_interface import CudaInterface
+    from torch._inductor.fx_passes import joint_graph, post_grad
+
+    import qtorch.formats.codebook as codebook
+
+    build_tables = codebook._build_tables
+
+    def tables_on_cpu(fields: Any, dtype: torch.dtype, device: torch.device) -> Any:
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        with _disable_current_modes():
+            tables = build_tables(fields, dtype, torch.device("cpu"))
+        return _faked(tables, mode)
+
+    patches: list[tuple[Any, str, Any]] = [
+        (torch.cuda, "is_available", lambda: True),
+        (torch.cuda, "device_count", lambda: 1),
+        (torch.cuda, "current_device", lambda: 0),
+        (torch.cuda, "set_device", lambda *a, **k: None),
+        (torch.cuda, "get_device_properties", lambda *a, **k: H100),
+        (torch.cuda, "get_device_capability", lambda *a, **k: (H100.major, H100.minor)),
+        (torch.cuda, "get_device_name", lambda *a, **k: H100.name),
+        (torch.cuda, "get_rng_state", lambda *a, **k: torch.zeros(16, dtype=torch.uint8)),
+        (torch.cuda, "set_rng_state", lambda *a, **k: None),
+        (torch.cuda, "_exchange_device", lambda idx: 0),
+        (torch.cuda, "_maybe_exchange_device", lambda idx: 0),
+        (CudaInterface, "get_device_properties", staticmethod(lambda *a, **k: H100)),
+        (CudaInterface, "get_compute_capability", staticmethod(lambda *a, **k: 90)),
+        (CudaInterface, "current_device", staticmethod(lambda: 0)),
+        (CudaInterface, "is_available", staticmethod(lambda: True)),
+        (CudaInterface, "device_count", staticmethod(lambda: 1)),
+        (CudaInterface, "get_raw_stream", staticmethod(lambda *a: 0)),
+        # the backend hash asks Triton's CUDA driver for its target (libcuda)
+        (torch.utils._triton, "triton_hash_with_backend", lambda: "no-device"),
+        # pattern passes build example tensors on the device to trace their patterns
+        (joint_graph, "lazy_init", lambda *a, **k: None),
+        (post_grad, "lazy_init", lambda *a, **k: None),
+        (torch._inductor.config, "pattern_matcher", False),
+        (torch._inductor.config, "joint_graph_constant_folding", False),
+        (torch.Tensor, "__getitem__", _getitem(torch.Tensor.__getitem__)),
+        (torch.Tensor, "__invert__", lambda self: torch.bitwise_not(self)),
+        (codebook, "_build_tables", tables_on_cpu),
+    ]
+    with contextlib.ExitStack() as stack:
+        for owner, name, value in patches:
+            stack.enter_context(mock.patch.object(owner, name, value, create=True))
+        yield
+
+
+def _faked(value: Any, mode: Any) -> Any:
+    """value with every tensor in it replaced by a fake CUDA tensor of its shape and dtype."""
+    if isinstance(value, torch.Tensor):
+        return _fake_cuda_tensor(value, mode)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = dataclasses.fields(value)
+        return dataclasses.replace(
+            value, **{f.name: _faked(getattr(value, f.name), mode) for f in fields if f.init}
+        )
+    if isinstance(value, tuple):
+        items = [_faked(v, mode) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    return value
+
+
+def _fake_cuda_tensor(t: torch.Tensor, mode: Any) -> torch.Tensor:
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, StatelessSymbolicContext
+
+    static = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.STATIC] * t.dim())
+    fake = mode.from_tensor(t, symbolic_context=static)
+    fake.fake_device = torch.device("cuda", 0)
+    return fake
+
+
+def generate(fmt: Any, rounding: str, n: int) -> str:
+    """The source of the module Inductor generates for ``quantize(x, fmt, rounding)`` on
+    CUDA, x a contiguous float32 tensor of n elements."""
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.graph import GraphLowering
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    from qtorch.kernels import fused
+    from qtorch.rounding import Rounding
+
+    rnd = Rounding(rounding)
+    rows = rnd is Rounding.STOCHASTIC and fmt.flat_kernel and n % fused.ROW == 0
+    with mock.patch.object(fused, "_compile", lambda fn, backend: fn):
+        kernel = fused._make_kernel(fmt, rnd, torch.float32, False, rows).dynamo_fn
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    x = _fake_cuda_tensor(torch.empty((n // fused.ROW, fused.ROW) if rows else (n,)), mode)
+    inputs = [x]
+    if rnd is Rounding.STOCHASTIC:
+        inputs.append(_fake_cuda_tensor(torch.zeros((), dtype=torch.int64), mode))
+
+    def traced(*args: torch.Tensor) -> tuple[torch.Tensor]:
+        return (kernel(args[0], args[1] if len(args) > 1 else None),)
+
+    def capture(graph: GraphLowering) -> None:
+        code = graph.codegen()
+        source = code[0] if isinstance(code, tuple) else code
+        raise _Generated(str(getattr(source, "value", source)))
+
+    with fake_cuda(mode):
+        with mock.patch.object(torch.compiler, "is_compiling", lambda: True):
+            gm = make_fx(traced, tracing_mode="fake")(*inputs)
+        with mock.patch.object(GraphLowering, "compile_to_module", capture):
+            try:
+                compile_fx(gm, inputs)
+            except _Generated as done:
+                return done.source
+            except Exception as err:  # Inductor wraps errors raised inside it
+                cause: BaseException | None = err
+                while cause is not None and not isinstance(cause, _Generated):
+                    cause = cause.__cause__ or cause.__context__
+                if cause is not None:
+                    return cause.source
+                raise
+    raise RuntimeError("Inductor generated no module")
+
+
+_KERNEL = re.compile(r"^(\w+) = async_compile\.triton\('\w+', '''(.*?)''', device_str", re.S | re.M)
+
+
+def kernels(source: str) -> list[dict[str, Any]]:
+    """The Triton kernels of a generated module, in launch order: kind (Inductor's
+    heuristics), sizes (``xnumel`` and, for reductions, ``r0_numel``; None where symbolic),
+    and the number of ``tl.load`` / ``tl.store`` calls in the source (small tables and
+    per-block factors count as loads too)."""
+    found = {name: src for name, src in _KERNEL.findall(source)}
+    launched = re.findall(r"^\s*(\w+)\.run\(", source, re.M)
+    out = []
+    for name in launched:
+        src = found.get(name, "")
+        kind = re.search(r"@triton_heuristics\.(\w+)\(", src)
+        numels = {k: int(v) for k, v in re.findall(r"^\s*(xnumel|r0_numel) = (\d+)$", src, re.M)}
+        out.append(
+            {
+                "name": name,
+                "kind": kind[1] if kind else "?",
+                "xnumel": numels.get("xnumel"),
+                "r0_numel": numels.get("r0_numel"),
+                "loads": src.count("tl.load("),
+                "stores": src.count("tl.store("),
+                "source": src,
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--formats", nargs="+", help="family names or format specs (bench's)")
+    parser.add_argument(
+        "--rounding", nargs="+", default=["nearest"], choices=("nearest", "stochastic")
+    )
+    parser.add_argument("--size", type=float, default=1e8, help="elements (default 1e8)")
+    parser.add_argument("--code", action="store_true", help="print each kernel's source")
+    parser.add_argument("--json", metavar="FILE", help="also write the kernels' summary here")
+    args = parser.parse_args(argv)
+    try:
+        import triton
+    except ImportError:
+        print("cuda_codegen needs Triton: pip install triton", file=sys.stderr)
+        return 2
+    from qtorch.cli.bench import FAMILIES, resolve_formats
+
+    print(f"torch {torch.__version__}, triton {triton.__version__}; device: {H100.name} (stood in)")
+    n = int(args.size)
+    rows = []
+    for family, fmt in resolve_formats(args.formats or list(FAMILIES)):
+        for rounding in args.rounding:
+            found = kernels(generate(fmt, rounding, n))
+            print(f"\n{family} {rounding}, {n:,} float32 elements: {len(found)} kernel(s)")
+            for k in found:
+                r0 = k["r0_numel"] or "-"
+                print(
+                    f"  {k['kind']:<22} xnumel {k['xnumel']!s:<10} r0_numel {r0!s:<6}"
+                    f" loads {k['loads']} stores {k['stores']}  {k['name']}"
+                )
+                if args.code:
+                    print(k["source"])
+            summary = [{key: v for key, v in k.items() if key != "source"} for k in found]
+            rows.append({"family": family, "rounding": rounding, "n": n, "kernels": summary})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
