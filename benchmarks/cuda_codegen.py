@@ -10,8 +10,8 @@ dtype casts and noise) is traced with ``make_fx`` on fake tensors whose device i
 the graph goes through Inductor's ``compile_fx`` up to the generated module's source, which
 is printed instead of loaded. CPU-only torch has no CUDA runtime, so the script stands in a
 device (an H100's properties) where Inductor asks for one, and replaces the few Python
-bindings that open a CUDA device guard (``Tensor.__getitem__``, ``Tensor.__invert__``)
-with the ATen calls they make; codebook tables are built on the CPU (they are made from
+bindings that open a CUDA device guard (``Tensor.__getitem__``, ``__invert__``,
+``copy_``) with the ATen calls they make; codebook tables are built on the CPU (they are made from
 Python values) and then faked onto CUDA. The code is Inductor's own, but the shapes are
 static (the real kernels are compiled for symbolic sizes, which can change reduction
 splits), and the reaching into torch's internals is written against torch 2.13.
@@ -107,6 +107,7 @@ def fake_cuda(mode: Any) -> Iterator[None]:
             tables = build_tables(fields, dtype, torch.device("cpu"))
         return _faked(tables, mode)
 
+    aten = torch.ops.aten
     patches: list[tuple[Any, str, Any]] = [
         (torch.cuda, "is_available", lambda: True),
         (torch.cuda, "device_count", lambda: 1),
@@ -134,6 +135,7 @@ def fake_cuda(mode: Any) -> Iterator[None]:
         (torch._inductor.config, "joint_graph_constant_folding", False),
         (torch.Tensor, "__getitem__", _getitem(torch.Tensor.__getitem__)),
         (torch.Tensor, "__invert__", lambda self: torch.bitwise_not(self)),
+        (torch.Tensor, "copy_", lambda self, src, non_blocking=False: aten.copy_(self, src)),
         (codebook, "_build_tables", tables_on_cpu),
     ]
     with contextlib.ExitStack() as stack:
@@ -166,9 +168,9 @@ def _fake_cuda_tensor(t: torch.Tensor, mode: Any) -> torch.Tensor:
     return fake
 
 
-def generate(fmt: Any, rounding: str, n: int) -> str:
+def generate(fmt: Any, rounding: str, n: int, inplace: bool = False) -> str:
     """The source of the module Inductor generates for ``quantize(x, fmt, rounding)`` on
-    CUDA, x a contiguous float32 tensor of n elements."""
+    CUDA, x a contiguous float32 tensor of n elements (``quantize_`` with ``inplace``)."""
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.graph import GraphLowering
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -181,14 +183,16 @@ def generate(fmt: Any, rounding: str, n: int) -> str:
     rnd = Rounding(rounding)
     rows = rnd is Rounding.STOCHASTIC and fmt.flat_kernel and n % fused.ROW == 0
     with mock.patch.object(fused, "_compile", lambda fn, backend: fn):
-        kernel = fused._make_kernel(fmt, rnd, torch.float32, False, rows).dynamo_fn
+        # as fused._key decides: block formats compute out of place and copy into x
+        write_into_arg = inplace and fmt.elementwise
+        kernel = fused._make_kernel(fmt, rnd, torch.float32, write_into_arg, rows).dynamo_fn
     mode = FakeTensorMode(shape_env=ShapeEnv())
     x = _fake_cuda_tensor(torch.empty((n // fused.ROW, fused.ROW) if rows else (n,)), mode)
     inputs = [x]
     if rnd is Rounding.STOCHASTIC:
         inputs.append(_fake_cuda_tensor(torch.zeros((), dtype=torch.int64), mode))
 
-    def traced(*args: torch.Tensor) -> tuple[torch.Tensor]:
+    def traced(*args: torch.Tensor) -> tuple[torch.Tensor | None]:
         return (kernel(args[0], args[1] if len(args) > 1 else None),)
 
     def capture(graph: GraphLowering) -> None:
@@ -243,6 +247,12 @@ def kernels(source: str) -> list[dict[str, Any]]:
     return out
 
 
+def buffers(source: str) -> list[list[int]]:
+    """The shapes of the device buffers the generated ``call`` allocates (static shapes)."""
+    shapes = re.findall(r"empty_strided_cuda\(\(([\d, ]*)\)", source)
+    return [[int(d) for d in shape.split(",") if d.strip()] for shape in shapes]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--formats", nargs="+", help="family names or format specs (bench's)")
@@ -250,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rounding", nargs="+", default=["nearest"], choices=("nearest", "stochastic")
     )
     parser.add_argument("--size", type=float, default=1e8, help="elements (default 1e8)")
+    parser.add_argument("--inplace", action="store_true", help="quantize_ (into x)")
     parser.add_argument("--code", action="store_true", help="print each kernel's source")
     parser.add_argument("--json", metavar="FILE", help="also write the kernels' summary here")
     args = parser.parse_args(argv)
@@ -265,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for family, fmt in resolve_formats(args.formats or list(FAMILIES)):
         for rounding in args.rounding:
-            found = kernels(generate(fmt, rounding, n))
-            print(f"\n{family} {rounding}, {n:,} float32 elements: {len(found)} kernel(s)")
+            source = generate(fmt, rounding, n, args.inplace)
+            found, allocated = kernels(source), buffers(source)
+            what = f"{family} {rounding}{' in place' if args.inplace else ''}"
+            print(f"\n{what}, {n:,} float32 elements: {len(found)} kernel(s), buffers {allocated}")
             for k in found:
                 r0 = k["r0_numel"] or "-"
                 print(
@@ -276,7 +289,16 @@ def main(argv: list[str] | None = None) -> int:
                 if args.code:
                     print(k["source"])
             summary = [{key: v for key, v in k.items() if key != "source"} for k in found]
-            rows.append({"family": family, "rounding": rounding, "n": n, "kernels": summary})
+            rows.append(
+                {
+                    "family": family,
+                    "rounding": rounding,
+                    "inplace": args.inplace,
+                    "n": n,
+                    "kernels": summary,
+                    "buffers": allocated,
+                }
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -211,6 +211,13 @@ def check_format(
             against_cpu("stochastic seed", finite.cpu(), "stochastic", ("eager", "compiled"))
             odd = random_finite(ODD, seed=4)
             against_cpu("stochastic seed odd", odd, "stochastic", ("eager", "compiled"))
+            # quantize_ (the optimizer's path): on CUDA codebooks and block floating point
+            # compute on the row view there (fused.computes_on_rows), flat on the CPU
+            reference = quantize_in("eager", finite.cpu(), fmt, "stochastic")
+            into = finite.clone()
+            with qtorch.kernel_mode("compiled"):
+                qtorch.quantize_(into, fmt, "stochastic")
+            report(f"stochastic seed in place {device.type} == cpu", same_bits(into, reference))
     fell_back = len(fused._broken) - broken
     report("compiled calls did not fall back", fell_back == 0, f"({fell_back} keys broken)")
 

@@ -3,8 +3,9 @@
 ``benchmarks/cuda_codegen.py`` runs Inductor's Triton code generator for a stood-in CUDA
 device (see its docstring). What the fused path promises there: a quantizer of an
 elementwise format is one Triton kernel over x (x read once, the result written once, the
-noise of stochastic rounding made inside); MX and NVFP4 with whole blocks are one kernel
-too (each program takes the maximum of its blocks and rounds them); block floating point
+noise of stochastic rounding made inside; ``quantize_`` writes into x, no buffer); MX and
+NVFP4 with whole blocks are one kernel too (each program takes the maximum of its blocks
+and rounds them); block floating point
 with one block per tensor makes two passes over x (its maximum, then the elements), with
 only tiny kernels between them. Timings are gpu_check's business, on a GPU.
 
@@ -15,6 +16,7 @@ must not leak into the other tests. Needs Triton (a test dependency on Linux x86
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -30,42 +32,52 @@ ELEMENTWISE = ("fixed", "float", "posit", "codebook16", "codebook256")
 ROUNDINGS = ("nearest", "stochastic")
 
 
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], list[Any]]:
-    out = tmp_path_factory.mktemp("codegen") / "kernels.json"
-    families = [*ELEMENTWISE, "block", "mx", "nvfp4"]
+def _run(out: Path, families: list[str], *extra: str) -> list[Any]:
     command = [sys.executable, str(ROOT / "benchmarks/cuda_codegen.py"), "--formats"]
     command += [*families, "--rounding", *ROUNDINGS, "--size", str(N), "--json", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    done = subprocess.run([*command, *extra], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
-    rows = json.loads(out.read_text())
-    return {(row["family"], row["rounding"]): row["kernels"] for row in rows}
+    return list(json.loads(out.read_text()))
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, bool], Any]:
+    """(family, rounding, in place) -> the script's summary of that quantizer's module."""
+    out = tmp_path_factory.mktemp("codegen")
+    rows = _run(out / "out_of_place.json", [*ELEMENTWISE, "block", "mx", "nvfp4"])
+    rows += _run(out / "in_place.json", list(ELEMENTWISE), "--inplace")
+    return {(row["family"], row["rounding"], row["inplace"]): row for row in rows}
 
 
 def _elements(kernel: dict[str, Any]) -> int:
     return int(kernel["xnumel"]) * int(kernel["r0_numel"] or 1)
 
 
+@pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 @pytest.mark.parametrize("family", ELEMENTWISE)
 def test_elementwise_formats_are_one_pointwise_kernel(
-    generated: dict[tuple[str, str], list[Any]], family: str, rounding: str
+    generated: dict[tuple[str, str, bool], Any], family: str, rounding: str, inplace: bool
 ) -> None:
-    (kernel,) = generated[family, rounding]
+    """One kernel over x; out of place it fills the one buffer allocated (the result), in
+    place (``quantize_``) it writes into x and nothing is allocated."""
+    row = generated[family, rounding, inplace]
+    (kernel,) = row["kernels"]
     assert kernel["kind"] == "pointwise"
     assert kernel["xnumel"] == N
     assert kernel["stores"] == 1
+    assert [math.prod(shape) for shape in row["buffers"]] == ([] if inplace else [N])
 
 
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 @pytest.mark.parametrize(("family", "block"), [("mx", 32), ("nvfp4", 16)])
 def test_mx_and_nvfp4_whole_blocks_are_one_kernel(
-    generated: dict[tuple[str, str], list[Any]], family: str, block: int, rounding: str
+    generated: dict[tuple[str, str, bool], Any], family: str, block: int, rounding: str
 ) -> None:
     """The block maxima and scales stay inside the element kernel on CUDA
     (``qtorch.kernels.mx.factors_in_kernel``): stored, they made three kernels reading x
     twice (MX nearest 0.45 → 0.28 ms at 1e8 on an H200 when they went)."""
-    (kernel,) = generated[family, rounding]
+    (kernel,) = generated[family, rounding, False]["kernels"]
     assert kernel["kind"] == "persistent_reduction"
     assert (kernel["xnumel"], kernel["r0_numel"]) == (N // block, block)
     assert kernel["stores"] == 1
@@ -73,9 +85,9 @@ def test_mx_and_nvfp4_whole_blocks_are_one_kernel(
 
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 def test_block_floating_point_is_two_passes(
-    generated: dict[tuple[str, str], list[Any]], rounding: str
+    generated: dict[tuple[str, str, bool], Any], rounding: str
 ) -> None:
-    found = generated["block", rounding]
+    found = generated["block", rounding, False]["kernels"]
     passes = [k for k in found if _elements(k) >= N]
     assert [k["kind"] for k in passes] == ["reduction", "pointwise"]
     rows, elements = passes

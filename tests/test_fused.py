@@ -129,6 +129,33 @@ def test_fused_factors_in_kernel_match_eager(
         assert len(stores) == (name == "nvfp4" and padded), (name, tuple(x.shape))
 
 
+@pytest.mark.parametrize("name", ["codebook16", "codebook256", "block"])
+def test_fused_rows_layout_of_cuda_matches_eager(
+    name: str, fresh_fused: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The formats that compute flat on the CPU (``Format.row_view_noise`` off) compute on
+    the (n / 16, 16) view on CUDA (``fused.computes_on_rows``); compiled here on the CPU in
+    that layout: the same bits as eager, out of place and in place (``quantize_``)."""
+    fmt = _format(name)
+    seen: list[bool] = []
+
+    def on_rows(fmt: qtorch.Format, x: torch.Tensor) -> bool:
+        seen.append(True)
+        return True
+
+    monkeypatch.setattr(fused, "computes_on_rows", on_rows)
+    bits = torch.cat([SPECIALS_F32, random_float32(4096 - len(SPECIALS_F32), seed=9)])
+    for x in (bits.view(16, 256), torch.randn(5, 48) * 3):
+        eager, compiled = _both(x, fmt, Rounding.STOCHASTIC)
+        assert bits_equal(eager, compiled), (name, tuple(x.shape))
+        into = x.clone()
+        torch.manual_seed(7)
+        with qtorch.kernel_mode("compiled"):
+            qtorch.quantize_(into, fmt, "stochastic")
+        assert bits_equal(eager, into), (name, tuple(x.shape), "in place")
+    assert seen  # the kernels asked (at trace time)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("rounding", DEFAULT_ROUNDINGS, ids=lambda r: r.value)
 @pytest.mark.parametrize("name", FORMAT_NAMES)

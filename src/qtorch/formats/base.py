@@ -44,10 +44,12 @@ class Format(abc.ABC):
     #: (block floating point, MX: a shared exponent per block) set this to False.
     elementwise: ClassVar[bool] = True
 
-    #: Whether the compiled path may hand an elementwise format's stochastic kernel x as an
-    #: ``(n / 16, 16)`` view when 16 divides n. Its noise is made in rows of 16 either way
-    #: (the index built per row, see :mod:`qtorch.kernels.noise`); on the view the kernel
-    #: is faster for most formats (fixed point: x flat took 1.13 times as long).
+    #: Whether a stochastic kernel on the CPU computes on the ``(n / 16, 16)`` view of x it
+    #: is handed when 16 divides n (else on x flattened inside the kernel). Its noise is
+    #: made in rows of 16 either way (the index built per row, see
+    #: :mod:`qtorch.kernels.noise`); on the view the kernel is faster for most formats
+    #: (fixed point: x flat took 1.13 times as long). Off the CPU the view is always used
+    #: (:func:`qtorch.kernels.fused.computes_on_rows`).
     row_view_noise: ClassVar[bool] = True
 
     @property

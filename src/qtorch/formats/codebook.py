@@ -111,10 +111,10 @@ class Codebook(Format):
     tensor([ 0.0000,  0.5000, -0.5000,  2.0000, -2.0000])
     """
 
-    #: Compiled on the (n / 16, 16) view (see Format), the stochastic kernel of a 16-entry
-    #: table was 10x slower: Inductor split it into a 2-D and a flat loop joined by a buffer
-    #: of bools. On x flat, with the noise still made in rows of 16: A/B 0.93 (16 entries)
-    #: and 0.95 (256) against the flat index.
+    #: Compiled for the CPU on the (n / 16, 16) view (see Format), the stochastic kernel of
+    #: a 16-entry table was 10x slower: Inductor split it into a 2-D and a flat loop joined
+    #: by a buffer of bools. On x flat, with the noise still made in rows of 16: A/B 0.93
+    #: (16 entries) and 0.95 (256) against the flat index. (On CUDA: the view.)
     row_view_noise: ClassVar[bool] = False
 
     entries: tuple[float, ...]

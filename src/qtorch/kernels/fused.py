@@ -63,11 +63,12 @@ avoids the known traps:
   when 16 divides n (its own cache key), and gets x as the ``(n / 16, 16)`` view; MX and
   NVFP4 make it per block (:meth:`qtorch.formats.base.Format.noise_layout`). Same numbers;
   fixed(8,4) stochastic takes 0.71 of its time with SplitMix64 and the flat index, MX 0.88
-  (docs/performance.md). Codebooks and block floating point compute on x flat
+  (docs/performance.md). Codebooks and block floating point compute on x flat on the CPU
   (``Format.row_view_noise``): on the view, Inductor split a small table's kernel into a
   2-D and a flat loop joined by a buffer of bools, 10x slower. They too get the view as
   the argument and flatten it inside the kernel, so that the row count is the symbol
-  (block floating point stochastic: A/B 0.93).
+  (block floating point stochastic: A/B 0.93). On CUDA they compute on the view
+  (:func:`computes_on_rows`).
 """
 
 from __future__ import annotations
@@ -190,6 +191,20 @@ def _compile(fn: Callable[..., torch.Tensor | None], backend: Capture) -> Kernel
     return torch.compile(fn, backend=backend, fullgraph=True)
 
 
+def computes_on_rows(fmt: Format, x: torch.Tensor) -> bool:
+    """Whether a stochastic kernel handed the ``(n / ROW, ROW)`` view of x computes on it
+    (else on x flattened inside the kernel; the same numbers either way).
+
+    On the CPU as the format says (``Format.row_view_noise``: on the view, Inductor's C++
+    for a codebook split into loops joined by a buffer). Off the CPU always: Triton indexes
+    the view as flat anyway (row i // 16, lane i % 16), and a kernel computing flat that
+    writes into the view in place (``quantize_``) was not fused there: codebook 16
+    stochastic made two kernels and three full-size buffers, against one kernel and none
+    on the view (Inductor's code for CUDA, read with benchmarks/cuda_codegen.py).
+    """
+    return fmt.row_view_noise or not x.is_cpu
+
+
 def _make_kernel(
     fmt: Format, rounding: Rounding, out_dtype: torch.dtype, inplace: bool, rows: bool
 ) -> KernelFn:
@@ -198,8 +213,8 @@ def _make_kernel(
     ``seed`` (stochastic rounding; None otherwise) is a 0-d int64 tensor; the noise is made
     from it inside the kernel. In place the kernel writes the result into x and returns
     None; otherwise it returns a new tensor. ``rows``: 16 divides x's size, and the noise is
-    made in rows of ``ROW`` (x is the ``(n / ROW, ROW)`` view or, if the format opts out of
-    it, flat).
+    made in rows of ``ROW`` (x is the ``(n / ROW, ROW)`` view, which the kernel computes on
+    or flattens: :func:`computes_on_rows`).
     """
 
     def kernel(x: torch.Tensor, seed: torch.Tensor | None) -> torch.Tensor | None:
@@ -210,7 +225,7 @@ def _make_kernel(
             # in rows of ROW elements (elementwise formats, 16 dividing the size)
             shape, row = (work.shape, ROW) if rows else fmt.noise_layout(work.shape)
             noise = uniform_from_counter(seed, shape, work.dtype, row=row).view(work.shape)
-            if rows and not fmt.row_view_noise:
+            if rows and not computes_on_rows(fmt, x):
                 # x comes as the (n / ROW, ROW) view all the same: with the row count as
                 # the symbol, Inductor indexes the flattened noise's row as i // 16, not
                 # (i // 16) % (n // 16) (an integer division by a variable per vector)
