@@ -183,8 +183,8 @@ def generate(fmt: Any, rounding: str, n: int, inplace: bool = False) -> str:
     rnd = Rounding(rounding)
     rows = rnd is Rounding.STOCHASTIC and fmt.flat_kernel and n % fused.ROW == 0
     with mock.patch.object(fused, "_compile", lambda fn, backend: fn):
-        # as fused._key decides: block formats compute out of place and copy into x
-        write_into_arg = inplace and fmt.elementwise
+        # as fused._key decides (MX and NVFP4 compute out of place and copy into x)
+        write_into_arg = inplace and fmt.writes_into_x
         kernel = fused._make_kernel(fmt, rnd, torch.float32, write_into_arg, rows).dynamo_fn
     mode = FakeTensorMode(shape_env=ShapeEnv())
     x = _fake_cuda_tensor(torch.empty((n // fused.ROW, fused.ROW) if rows else (n,)), mode)

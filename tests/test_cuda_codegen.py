@@ -5,9 +5,9 @@ device (see its docstring). What the fused path promises there: a quantizer of a
 elementwise format is one Triton kernel over x (x read once, the result written once, the
 noise of stochastic rounding made inside; ``quantize_`` writes into x, no buffer); MX and
 NVFP4 with whole blocks are one kernel too (each program takes the maximum of its blocks
-and rounds them); block floating point
-with one block per tensor makes two passes over x (its maximum, then the elements), with
-only tiny kernels between them. Timings are gpu_check's business, on a GPU.
+and rounds them); block floating point with one block per tensor makes two passes over x
+(its maximum, then the elements, which in place write into x), with only tiny kernels
+between them. Timings are gpu_check's business, on a GPU.
 
 The generator runs in a subprocess: it stands in a CUDA device by patching torch, which
 must not leak into the other tests. Needs Triton (a test dependency on Linux x86-64).
@@ -45,7 +45,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, 
     """(family, rounding, in place) -> the script's summary of that quantizer's module."""
     out = tmp_path_factory.mktemp("codegen")
     rows = _run(out / "out_of_place.json", [*ELEMENTWISE, "block", "mx", "nvfp4"])
-    rows += _run(out / "in_place.json", list(ELEMENTWISE), "--inplace")
+    rows += _run(out / "in_place.json", [*ELEMENTWISE, "block"], "--inplace")
     return {(row["family"], row["rounding"], row["inplace"]): row for row in rows}
 
 
@@ -83,11 +83,14 @@ def test_mx_and_nvfp4_whole_blocks_are_one_kernel(
     assert kernel["stores"] == 1
 
 
+@pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 def test_block_floating_point_is_two_passes(
-    generated: dict[tuple[str, str, bool], Any], rounding: str
+    generated: dict[tuple[str, str, bool], Any], rounding: str, inplace: bool
 ) -> None:
-    found = generated["block", rounding, False]["kernels"]
+    """In place (``quantize_``) the element pass writes into x: no full-size buffer."""
+    row = generated["block", rounding, inplace]
+    found = row["kernels"]
     passes = [k for k in found if _elements(k) >= N]
     assert [k["kind"] for k in passes] == ["reduction", "pointwise"]
     rows, elements = passes
@@ -95,3 +98,5 @@ def test_block_floating_point_is_two_passes(
     assert found[-1] is elements
     # between them only kernels over the row maxima and the block's factors
     assert all(_elements(k) <= N // 4096 for k in found if k not in passes)
+    full = [shape for shape in row["buffers"] if math.prod(shape) >= N]
+    assert len(full) == (0 if inplace else 1)

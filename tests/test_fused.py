@@ -214,6 +214,29 @@ def test_fused_in_place_matches_eager(name: str) -> None:
         assert bits_equal(y, expected), (name, tuple(x.shape))
 
 
+@pytest.mark.parametrize("rounding", DEFAULT_ROUNDINGS, ids=lambda r: r.value)
+@pytest.mark.parametrize("name", ["block", "block(8,1)", "mx", "nvfp4"])
+def test_fused_in_place_block_formats_match_eager(
+    name: str, rounding: Rounding, fresh_fused: None
+) -> None:
+    """Block floating point's kernel writes into x (a reduction, then the element pass
+    writing its input); MX and NVFP4 compute out of place and copy in
+    (``Format.writes_into_x``). The same bits as eager either way, on whole and padded
+    blocks, with and without the stochastic row view (16 dividing n or not)."""
+    fmt = _format(name)
+    for x in (random_float32(64 * 256, seed=2).view(64, 256), torch.randn(3, 45) * 9):
+        torch.manual_seed(4)
+        with qtorch.kernel_mode("eager"):
+            expected = qtorch.quantize(x, fmt, rounding)
+        y = x.clone()
+        torch.manual_seed(4)
+        with qtorch.kernel_mode("compiled"):
+            result = qtorch.quantize_(y, fmt, rounding)
+        assert result is y and bits_equal(y, expected), (name, tuple(x.shape))
+    writes = {key[-1] for key in fused._cache if key[0] == fmt}
+    assert writes == {isinstance(fmt, qtorch.BlockFloatingPoint)}, name
+
+
 def test_fused_in_place_stochastic_matches_eager() -> None:
     """In place on the (n / 16, 16) view (16 divides n) and on the flat one (it does not)."""
     fmt = _format("fixed")

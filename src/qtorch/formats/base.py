@@ -52,6 +52,11 @@ class Format(abc.ABC):
     #: (:func:`qtorch.kernels.fused.computes_on_rows`).
     row_view_noise: ClassVar[bool] = True
 
+    #: Whether ``quantize_`` on a contiguous x has the compiled kernel write its result into
+    #: x, rather than compute out of place and copy the result in (a second pass over x).
+    #: Elementwise formats and block floating point do; MX and NVFP4 opt out.
+    writes_into_x: ClassVar[bool] = True
+
     @property
     def flat_kernel(self) -> bool:
         """Whether the compiled path may run the kernel on x flattened to 1-D (x contiguous).

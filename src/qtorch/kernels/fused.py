@@ -356,9 +356,8 @@ def _key(
         shape_key = "rows"
     else:
         shape_key = "flat"
-    # Writing into an input from a graph with a reduction trips an Inductor bug in torch
-    # 2.13 (InductorError KeyError 'buf1'), so block formats copy their result into x.
-    write_into_arg = inplace and fmt.elementwise and x.is_contiguous()
+    # In place, the kernel writes into x where the format allows it (Format.writes_into_x)
+    write_into_arg = inplace and fmt.writes_into_x and x.is_contiguous()
     return (fmt, rounding, x.dtype, device_type, shape_key, write_into_arg)
 
 
