@@ -59,6 +59,15 @@ H100 = types.SimpleNamespace(
 )
 
 
+#: The dtypes of x the script generates for (``--dtype``).
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
 class _Generated(Exception):
     """Carries the generated module's source out of Inductor (which would load it next)."""
 
@@ -168,9 +177,11 @@ def _fake_cuda_tensor(t: torch.Tensor, mode: Any) -> torch.Tensor:
     return fake
 
 
-def generate(fmt: Any, rounding: str, n: int, inplace: bool = False) -> str:
+def generate(
+    fmt: Any, rounding: str, n: int, inplace: bool = False, dtype: torch.dtype = torch.float32
+) -> str:
     """The source of the module Inductor generates for ``quantize(x, fmt, rounding)`` on
-    CUDA, x a contiguous float32 tensor of n elements (``quantize_`` with ``inplace``)."""
+    CUDA, x a contiguous tensor of n elements of ``dtype`` (``quantize_`` with ``inplace``)."""
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.graph import GraphLowering
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -185,9 +196,10 @@ def generate(fmt: Any, rounding: str, n: int, inplace: bool = False) -> str:
     with mock.patch.object(fused, "_compile", lambda fn, backend: fn):
         # as fused._key decides (MX and NVFP4 compute out of place and copy into x)
         write_into_arg = inplace and fmt.writes_into_x
-        kernel = fused._make_kernel(fmt, rnd, torch.float32, write_into_arg, rows).dynamo_fn
+        kernel = fused._make_kernel(fmt, rnd, dtype, write_into_arg, rows).dynamo_fn
     mode = FakeTensorMode(shape_env=ShapeEnv())
-    x = _fake_cuda_tensor(torch.empty((n // fused.ROW, fused.ROW) if rows else (n,)), mode)
+    shape = (n // fused.ROW, fused.ROW) if rows else (n,)
+    x = _fake_cuda_tensor(torch.empty(shape, dtype=dtype), mode)
     inputs = [x]
     if rnd is Rounding.STOCHASTIC:
         inputs.append(_fake_cuda_tensor(torch.zeros((), dtype=torch.int64), mode))
@@ -261,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--size", type=float, default=1e8, help="elements (default 1e8)")
     parser.add_argument("--inplace", action="store_true", help="quantize_ (into x)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="x's dtype")
     parser.add_argument("--code", action="store_true", help="print each kernel's source")
     parser.add_argument("--json", metavar="FILE", help="also write the kernels' summary here")
     args = parser.parse_args(argv)
@@ -276,10 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for family, fmt in resolve_formats(args.formats or list(FAMILIES)):
         for rounding in args.rounding:
-            source = generate(fmt, rounding, n, args.inplace)
+            source = generate(fmt, rounding, n, args.inplace, DTYPES[args.dtype])
             found, allocated = kernels(source), buffers(source)
             what = f"{family} {rounding}{' in place' if args.inplace else ''}"
-            print(f"\n{what}, {n:,} float32 elements: {len(found)} kernel(s), buffers {allocated}")
+            print(f"\n{what}, {n:,} {args.dtype}: {len(found)} kernel(s), buffers {allocated}")
             for k in found:
                 r0 = k["r0_numel"] or "-"
                 print(
@@ -294,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                     "family": family,
                     "rounding": rounding,
                     "inplace": args.inplace,
+                    "dtype": args.dtype,
                     "n": n,
                     "kernels": summary,
                     "buffers": allocated,

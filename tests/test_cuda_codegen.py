@@ -40,13 +40,17 @@ def _run(out: Path, families: list[str], *extra: str) -> list[Any]:
     return list(json.loads(out.read_text()))
 
 
+Key = tuple[str, str, bool, str]
+
+
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, bool], Any]:
-    """(family, rounding, in place) -> the script's summary of that quantizer's module."""
+def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[Key, Any]:
+    """(family, rounding, in place, dtype) -> the script's summary of that module."""
     out = tmp_path_factory.mktemp("codegen")
     rows = _run(out / "out_of_place.json", [*ELEMENTWISE, "block", "mx", "nvfp4"])
     rows += _run(out / "in_place.json", [*ELEMENTWISE, "block"], "--inplace")
-    return {(row["family"], row["rounding"], row["inplace"]): row for row in rows}
+    rows += _run(out / "bfloat16.json", [*ELEMENTWISE, "mx", "nvfp4"], "--dtype", "bfloat16")
+    return {(r["family"], r["rounding"], r["inplace"], r["dtype"]): r for r in rows}
 
 
 def _elements(kernel: dict[str, Any]) -> int:
@@ -57,11 +61,11 @@ def _elements(kernel: dict[str, Any]) -> int:
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 @pytest.mark.parametrize("family", ELEMENTWISE)
 def test_elementwise_formats_are_one_pointwise_kernel(
-    generated: dict[tuple[str, str, bool], Any], family: str, rounding: str, inplace: bool
+    generated: dict[Key, Any], family: str, rounding: str, inplace: bool
 ) -> None:
     """One kernel over x; out of place it fills the one buffer allocated (the result), in
     place (``quantize_``) it writes into x and nothing is allocated."""
-    row = generated[family, rounding, inplace]
+    row = generated[family, rounding, inplace, "float32"]
     (kernel,) = row["kernels"]
     assert kernel["kind"] == "pointwise"
     assert kernel["xnumel"] == N
@@ -72,12 +76,12 @@ def test_elementwise_formats_are_one_pointwise_kernel(
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 @pytest.mark.parametrize(("family", "block"), [("mx", 32), ("nvfp4", 16)])
 def test_mx_and_nvfp4_whole_blocks_are_one_kernel(
-    generated: dict[tuple[str, str, bool], Any], family: str, block: int, rounding: str
+    generated: dict[Key, Any], family: str, block: int, rounding: str
 ) -> None:
     """The block maxima and scales stay inside the element kernel on CUDA
     (``qtorch.kernels.mx.factors_in_kernel``): stored, they made three kernels reading x
     twice (MX nearest 0.45 → 0.28 ms at 1e8 on an H200 when they went)."""
-    (kernel,) = generated[family, rounding, False]["kernels"]
+    (kernel,) = generated[family, rounding, False, "float32"]["kernels"]
     assert kernel["kind"] == "persistent_reduction"
     assert (kernel["xnumel"], kernel["r0_numel"]) == (N // block, block)
     assert kernel["stores"] == 1
@@ -86,10 +90,10 @@ def test_mx_and_nvfp4_whole_blocks_are_one_kernel(
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 def test_block_floating_point_is_two_passes(
-    generated: dict[tuple[str, str, bool], Any], rounding: str, inplace: bool
+    generated: dict[Key, Any], rounding: str, inplace: bool
 ) -> None:
     """In place (``quantize_``) the element pass writes into x: no full-size buffer."""
-    row = generated["block", rounding, inplace]
+    row = generated["block", rounding, inplace, "float32"]
     found = row["kernels"]
     passes = [k for k in found if _elements(k) >= N]
     assert [k["kind"] for k in passes] == ["reduction", "pointwise"]
@@ -100,3 +104,12 @@ def test_block_floating_point_is_two_passes(
     assert all(_elements(k) <= N // 4096 for k in found if k not in passes)
     full = [shape for shape in row["buffers"] if math.prod(shape) >= N]
     assert len(full) == (0 if inplace else 1)
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("family", [*ELEMENTWISE, "mx", "nvfp4"])
+def test_bfloat16_casts_are_fused(generated: dict[Key, Any], family: str, rounding: str) -> None:
+    """bfloat16 x: widened to float32 and the result rounded back inside the one kernel."""
+    (kernel,) = generated[family, rounding, False, "bfloat16"]["kernels"]
+    assert _elements(kernel) == N
+    assert kernel["stores"] == 1
