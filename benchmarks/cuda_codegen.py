@@ -11,10 +11,12 @@ the graph goes through Inductor's ``compile_fx`` up to the generated module's so
 is printed instead of loaded. CPU-only torch has no CUDA runtime, so the script stands in a
 device (an H100's properties) where Inductor asks for one, and replaces the few Python
 bindings that open a CUDA device guard (``Tensor.__getitem__``, ``__invert__``,
-``copy_``) with the ATen calls they make; codebook tables are built on the CPU (they are made from
-Python values) and then faked onto CUDA. The code is Inductor's own, but the shapes are
-static (the real kernels are compiled for symbolic sizes, which can change reduction
-splits), and the reaching into torch's internals is written against torch 2.13.
+``copy_``) with the ATen calls they make; codebook tables are built on the CPU (they are
+made from Python values) and then faked onto CUDA. The code is Inductor's own. The shapes
+are static unless ``--dynamic`` makes x's length a symbol, as qtorch compiles it (a
+reduction compiled for a symbolic size keeps the split it chose for the compiling size;
+static sizes are easier to read). The reaching into torch's internals is written against
+torch 2.13.
 
 Needs ``pip install triton`` (Inductor's Triton code generator imports it; it is not a
 qtorch dependency) in an environment with qtorch installed::
@@ -22,6 +24,7 @@ qtorch dependency) in an environment with qtorch installed::
     python benchmarks/cuda_codegen.py                       # every family, nearest, 1e8
     python benchmarks/cuda_codegen.py --formats block nvfp4 --rounding stochastic
     python benchmarks/cuda_codegen.py --formats codebook16 --code
+    python benchmarks/cuda_codegen.py --dynamic --formats block --size 1048576
 """
 
 from __future__ import annotations
@@ -168,17 +171,23 @@ def _faked(value: Any, mode: Any) -> Any:
     return value
 
 
-def _fake_cuda_tensor(t: torch.Tensor, mode: Any) -> torch.Tensor:
+def _fake_cuda_tensor(t: torch.Tensor, mode: Any, dynamic: int | None = None) -> torch.Tensor:
+    """A fake CUDA tensor of t's shape and dtype; dimension ``dynamic`` symbolic."""
     from torch.fx.experimental.symbolic_shapes import DimDynamic, StatelessSymbolicContext
 
-    static = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.STATIC] * t.dim())
-    fake = mode.from_tensor(t, symbolic_context=static)
+    sizes = [DimDynamic.DYNAMIC if d == dynamic else DimDynamic.STATIC for d in range(t.dim())]
+    fake = mode.from_tensor(t, symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
     fake.fake_device = torch.device("cuda", 0)
     return fake
 
 
 def generate(
-    fmt: Any, rounding: str, n: int, inplace: bool = False, dtype: torch.dtype = torch.float32
+    fmt: Any,
+    rounding: str,
+    n: int,
+    inplace: bool = False,
+    dtype: torch.dtype = torch.float32,
+    dynamic: bool = False,
 ) -> str:
     """The source of the module Inductor generates for ``quantize(x, fmt, rounding)`` on
     CUDA, x a contiguous tensor of n elements of ``dtype`` (``quantize_`` with ``inplace``)."""
@@ -199,7 +208,7 @@ def generate(
         kernel = fused._make_kernel(fmt, rnd, dtype, write_into_arg, rows).dynamo_fn
     mode = FakeTensorMode(shape_env=ShapeEnv())
     shape = (n // fused.ROW, fused.ROW) if rows else (n,)
-    x = _fake_cuda_tensor(torch.empty(shape, dtype=dtype), mode)
+    x = _fake_cuda_tensor(torch.empty(shape, dtype=dtype), mode, 0 if dynamic else None)
     inputs = [x]
     if rnd is Rounding.STOCHASTIC:
         inputs.append(_fake_cuda_tensor(torch.zeros((), dtype=torch.int64), mode))
@@ -214,7 +223,7 @@ def generate(
 
     with fake_cuda(mode):
         with mock.patch.object(torch.compiler, "is_compiling", lambda: True):
-            gm = make_fx(traced, tracing_mode="fake")(*inputs)
+            gm = make_fx(traced, tracing_mode="symbolic" if dynamic else "fake")(*inputs)
         with mock.patch.object(GraphLowering, "compile_to_module", capture):
             try:
                 compile_fx(gm, inputs)
@@ -235,7 +244,8 @@ _KERNEL = re.compile(r"^(\w+) = async_compile\.triton\('\w+', '''(.*?)''', devic
 
 def kernels(source: str) -> list[dict[str, Any]]:
     """The Triton kernels of a generated module, in launch order: kind (Inductor's
-    heuristics), sizes (``xnumel`` and, for reductions, ``r0_numel``; None where symbolic),
+    heuristics), sizes (``xnumel`` and, for reductions, ``r0_numel``; None where symbolic
+    or absent),
     and the number of ``tl.load`` / ``tl.store`` calls in the source (small tables and
     per-block factors count as loads too)."""
     found = {name: src for name, src in _KERNEL.findall(source)}
@@ -259,10 +269,14 @@ def kernels(source: str) -> list[dict[str, Any]]:
     return out
 
 
-def buffers(source: str) -> list[list[int]]:
-    """The shapes of the device buffers the generated ``call`` allocates (static shapes)."""
-    shapes = re.findall(r"empty_strided_cuda\(\(([\d, ]*)\)", source)
-    return [[int(d) for d in shape.split(",") if d.strip()] for shape in shapes]
+def buffers(source: str) -> list[list[int | None]]:
+    """The shapes of the device buffers the generated ``call`` allocates (None: a size
+    given by a symbol)."""
+    shapes = re.findall(r"empty_strided_cuda\(\(([^()]*)\)", source)
+    return [
+        [int(d) if d.strip().isdigit() else None for d in shape.split(",") if d.strip()]
+        for shape in shapes
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=float, default=1e8, help="elements (default 1e8)")
     parser.add_argument("--inplace", action="store_true", help="quantize_ (into x)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="x's dtype")
+    parser.add_argument(
+        "--dynamic", action="store_true", help="x's length symbolic, as qtorch compiles it"
+    )
     parser.add_argument("--code", action="store_true", help="print each kernel's source")
     parser.add_argument("--json", metavar="FILE", help="also write the kernels' summary here")
     args = parser.parse_args(argv)
@@ -289,12 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for family, fmt in resolve_formats(args.formats or list(FAMILIES)):
         for rounding in args.rounding:
-            source = generate(fmt, rounding, n, args.inplace, DTYPES[args.dtype])
+            source = generate(fmt, rounding, n, args.inplace, DTYPES[args.dtype], args.dynamic)
             found, allocated = kernels(source), buffers(source)
             what = f"{family} {rounding}{' in place' if args.inplace else ''}"
             print(f"\n{what}, {n:,} {args.dtype}: {len(found)} kernel(s), buffers {allocated}")
             for k in found:
-                r0 = k["r0_numel"] or "-"
+                r0 = "-" if k["kind"] == "pointwise" else k["r0_numel"]
                 print(
                     f"  {k['kind']:<22} xnumel {k['xnumel']!s:<10} r0_numel {r0!s:<6}"
                     f" loads {k['loads']} stores {k['stores']}  {k['name']}"
@@ -308,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rounding": rounding,
                     "inplace": args.inplace,
                     "dtype": args.dtype,
+                    "dynamic": args.dynamic,
                     "n": n,
                     "kernels": summary,
                     "buffers": allocated,

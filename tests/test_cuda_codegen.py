@@ -50,7 +50,11 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[Key, Any]:
     rows = _run(out / "out_of_place.json", [*ELEMENTWISE, "block", "mx", "nvfp4"])
     rows += _run(out / "in_place.json", [*ELEMENTWISE, "block"], "--inplace")
     rows += _run(out / "bfloat16.json", [*ELEMENTWISE, "mx", "nvfp4"], "--dtype", "bfloat16")
-    return {(r["family"], r["rounding"], r["inplace"], r["dtype"]): r for r in rows}
+    rows += _run(out / "dynamic.json", ["fixed", "block"], "--dynamic")
+    return {
+        (r["family"], r["rounding"], r["inplace"], r["dtype"] + "+dynamic" * r["dynamic"]): r
+        for r in rows
+    }
 
 
 def _elements(kernel: dict[str, Any]) -> int:
@@ -113,3 +117,19 @@ def test_bfloat16_casts_are_fused(generated: dict[Key, Any], family: str, roundi
     (kernel,) = generated[family, rounding, False, "bfloat16"]["kernels"]
     assert _elements(kernel) == N
     assert kernel["stores"] == 1
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_symbolic_length_keeps_the_structure(generated: dict[Key, Any], rounding: str) -> None:
+    """Compiled for a symbolic length, as qtorch compiles: fixed point is still one kernel,
+    and block floating point's maximum is taken per row of 4,096 (one program per row at
+    every size) and then over the rows in one program. A whole-tensor maximum compiled for
+    a symbolic size kept the split it chose for the compiling size: 128 programs for 1e8
+    elements on an H200 (kernels.block.max_in_rows)."""
+    (fixed,) = generated["fixed", rounding, False, "float32+dynamic"]["kernels"]
+    assert fixed["kind"] == "pointwise" and fixed["xnumel"] is None  # the symbol
+    found = generated["block", rounding, False, "float32+dynamic"]["kernels"]
+    rows, over_rows = found[:2]
+    assert (rows["kind"], rows["r0_numel"]) == ("reduction", 4096)
+    assert over_rows["kind"] == "reduction" and over_rows["xnumel"] == 1
+    assert found[-1]["kind"] == "pointwise" and found[-1]["xnumel"] is None
