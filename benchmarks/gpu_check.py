@@ -195,8 +195,15 @@ def check_format(
             report(f"{what} {mode} {device.type} == cpu", same_bits(got, reference))
 
     broken = len(fused._broken)
-    against_cpu("nearest", random_bits(size, seed=1), "nearest", ("eager", "compiled"))
+    bits = random_bits(size, seed=1)
+    against_cpu("nearest", bits, "nearest", ("eager", "compiled"))
     against_cpu("nearest odd", random_bits(0, seed=2, shape=ODD), "nearest", ("compiled",))
+    # quantize_: elementwise formats and block floating point write into x from the kernel
+    reference = quantize_in("eager", bits, fmt, "nearest")
+    into = bits.to(device, copy=True)
+    with qtorch.kernel_mode("compiled"):
+        qtorch.quantize_(into, fmt, "nearest")
+    report(f"nearest in place {device.type} == cpu", same_bits(into, reference))
 
     stochastic = "stochastic" in {r.value for r in fmt.roundings}
     if stochastic:
@@ -212,7 +219,7 @@ def check_format(
             odd = random_finite(ODD, seed=4)
             against_cpu("stochastic seed odd", odd, "stochastic", ("eager", "compiled"))
             # quantize_ (the optimizer's path): on CUDA codebooks and block floating point
-            # compute on the row view there (fused.computes_on_rows), flat on the CPU
+            # compute on the row view (fused.computes_on_rows), flat on the CPU
             reference = quantize_in("eager", finite.cpu(), fmt, "stochastic")
             into = finite.clone()
             with qtorch.kernel_mode("compiled"):
