@@ -25,6 +25,7 @@ qtorch dependency) in an environment with qtorch installed::
     python benchmarks/cuda_codegen.py --formats block nvfp4 --rounding stochastic
     python benchmarks/cuda_codegen.py --formats codebook16 --code
     python benchmarks/cuda_codegen.py --dynamic --formats block --size 1048576
+    python benchmarks/cuda_codegen.py --formats mx nvfp4 --shape 4096,4096 --dynamic
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import re
 import sys
 import types
@@ -171,11 +173,12 @@ def _faked(value: Any, mode: Any) -> Any:
     return value
 
 
-def _fake_cuda_tensor(t: torch.Tensor, mode: Any, dynamic: int | None = None) -> torch.Tensor:
-    """A fake CUDA tensor of t's shape and dtype; dimension ``dynamic`` symbolic."""
+def _fake_cuda_tensor(t: torch.Tensor, mode: Any, dynamic: set[int] | None = None) -> torch.Tensor:
+    """A fake CUDA tensor of t's shape and dtype; the dimensions in ``dynamic`` symbolic."""
     from torch.fx.experimental.symbolic_shapes import DimDynamic, StatelessSymbolicContext
 
-    sizes = [DimDynamic.DYNAMIC if d == dynamic else DimDynamic.STATIC for d in range(t.dim())]
+    dynamic = dynamic or set()
+    sizes = [DimDynamic.DYNAMIC if d in dynamic else DimDynamic.STATIC for d in range(t.dim())]
     fake = mode.from_tensor(t, symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
     fake.fake_device = torch.device("cuda", 0)
     return fake
@@ -184,13 +187,14 @@ def _fake_cuda_tensor(t: torch.Tensor, mode: Any, dynamic: int | None = None) ->
 def generate(
     fmt: Any,
     rounding: str,
-    n: int,
+    shape: int | tuple[int, ...],
     inplace: bool = False,
     dtype: torch.dtype = torch.float32,
     dynamic: bool = False,
 ) -> str:
     """The source of the module Inductor generates for ``quantize(x, fmt, rounding)`` on
-    CUDA, x a contiguous tensor of n elements of ``dtype`` (``quantize_`` with ``inplace``)."""
+    CUDA, x a contiguous tensor of ``shape`` (an int: that many elements, 1-D) and
+    ``dtype`` (``quantize_`` with ``inplace``; ``dynamic``: sizes as fused marks them)."""
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.graph import GraphLowering
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -201,14 +205,19 @@ def generate(
     from qtorch.rounding import Rounding
 
     rnd = Rounding(rounding)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    n = math.prod(shape)
+    # the argument fused.quantize_compiled passes, and the dimensions it marks dynamic
     rows = rnd is Rounding.STOCHASTIC and fmt.flat_kernel and n % fused.ROW == 0
+    if fmt.flat_kernel:
+        shape = (n // fused.ROW, fused.ROW) if rows else (n,)
+    symbolic = {d for d, size in enumerate(shape) if size > 1 and not (rows and d == 1)}
     with mock.patch.object(fused, "_compile", lambda fn, backend: fn):
         # as fused._key decides (MX and NVFP4 compute out of place and copy into x)
         write_into_arg = inplace and fmt.writes_into_x
         kernel = fused._make_kernel(fmt, rnd, dtype, write_into_arg, rows).dynamo_fn
     mode = FakeTensorMode(shape_env=ShapeEnv())
-    shape = (n // fused.ROW, fused.ROW) if rows else (n,)
-    x = _fake_cuda_tensor(torch.empty(shape, dtype=dtype), mode, 0 if dynamic else None)
+    x = _fake_cuda_tensor(torch.empty(shape, dtype=dtype), mode, symbolic if dynamic else set())
     inputs = [x]
     if rnd is Rounding.STOCHASTIC:
         inputs.append(_fake_cuda_tensor(torch.zeros((), dtype=torch.int64), mode))
@@ -286,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rounding", nargs="+", default=["nearest"], choices=("nearest", "stochastic")
     )
     parser.add_argument("--size", type=float, default=1e8, help="elements (default 1e8)")
+    parser.add_argument("--shape", help="x's shape instead, e.g. 4096,4096 (contiguous)")
     parser.add_argument("--inplace", action="store_true", help="quantize_ (into x)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="x's dtype")
     parser.add_argument(
@@ -302,14 +312,16 @@ def main(argv: list[str] | None = None) -> int:
     from qtorch.cli.bench import FAMILIES, resolve_formats
 
     print(f"torch {torch.__version__}, triton {triton.__version__}; device: {H100.name} (stood in)")
-    n = int(args.size)
+    shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else (int(args.size),)
+    n = math.prod(shape)
     rows = []
     for family, fmt in resolve_formats(args.formats or list(FAMILIES)):
         for rounding in args.rounding:
-            source = generate(fmt, rounding, n, args.inplace, DTYPES[args.dtype], args.dynamic)
+            source = generate(fmt, rounding, shape, args.inplace, DTYPES[args.dtype], args.dynamic)
             found, allocated = kernels(source), buffers(source)
             what = f"{family} {rounding}{' in place' if args.inplace else ''}"
-            print(f"\n{what}, {n:,} {args.dtype}: {len(found)} kernel(s), buffers {allocated}")
+            size = f"{n:,}" if len(shape) == 1 else "x".join(map(str, shape))
+            print(f"\n{what}, {size} {args.dtype}: {len(found)} kernel(s), buffers {allocated}")
             for k in found:
                 r0 = "-" if k["kind"] == "pointwise" else k["r0_numel"]
                 print(
@@ -327,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                     "dtype": args.dtype,
                     "dynamic": args.dynamic,
                     "n": n,
+                    "shape": list(shape),
                     "kernels": summary,
                     "buffers": allocated,
                 }
