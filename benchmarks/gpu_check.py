@@ -2,15 +2,16 @@
 
 For each format family (the formats of ``qtorch bench``):
 
-1. nearest: the CUDA result of the eager and of the compiled (Triton) path is compared
-   bitwise (any NaN equals any NaN) with the CPU eager result, on random float32 bit
-   patterns (subnormals, ±0, ±Inf, NaN) plus the named special values;
+1. nearest: the CUDA result of the eager and of the compiled (Triton) path, and of
+   ``quantize_`` compiled (in place), is compared bitwise (any NaN equals any NaN) with the
+   CPU eager result, on random float32 bit patterns (subnormals, ±0, ±Inf, NaN) plus the
+   named special values;
 2. nearest on an odd shape (no dimension a multiple of 16): compiled CUDA == CPU eager;
 3. stochastic: with the same ``torch.manual_seed`` the compiled CUDA path gives the same
    result twice and the same as the eager CUDA path; and with one fixed seed (the seed a
    call draws is replaced) the eager and compiled CUDA results equal the CPU eager result,
-   on the 2-D input and on the odd shape (the noise is a function of the seed and the
-   element's index, on every device);
+   on the 2-D input (``quantize_`` too) and on the odd shape (the noise is a function of
+   the seed and the element's index, on every device);
 4. no compiled call fell back to eager (a fallback would make the checks compare eager
    with eager);
 5. timing: the compiled nearest and stochastic kernels at 1e8 elements against a
@@ -191,19 +192,19 @@ def check_format(
             return
         x = x_cpu.to(device)
         for mode in modes:
-            got = quantize_in(mode, x, fmt, rounding)
+            if mode == "in place":  # quantize_, compiled: the optimizer's path
+                got = x.clone()
+                with qtorch.kernel_mode("compiled"):
+                    qtorch.quantize_(got, fmt, rounding)
+            else:
+                got = quantize_in(mode, x, fmt, rounding)
             report(f"{what} {mode} {device.type} == cpu", same_bits(got, reference))
 
     broken = len(fused._broken)
-    bits = random_bits(size, seed=1)
-    against_cpu("nearest", bits, "nearest", ("eager", "compiled"))
+    # in place: elementwise formats and block floating point write into x from the kernel
+    modes = ("eager", "compiled", "in place")
+    against_cpu("nearest", random_bits(size, seed=1), "nearest", modes)
     against_cpu("nearest odd", random_bits(0, seed=2, shape=ODD), "nearest", ("compiled",))
-    # quantize_: elementwise formats and block floating point write into x from the kernel
-    reference = quantize_in("eager", bits, fmt, "nearest")
-    into = bits.to(device, copy=True)
-    with qtorch.kernel_mode("compiled"):
-        qtorch.quantize_(into, fmt, "nearest")
-    report(f"nearest in place {device.type} == cpu", same_bits(into, reference))
 
     stochastic = "stochastic" in {r.value for r in fmt.roundings}
     if stochastic:
@@ -215,16 +216,11 @@ def check_format(
         report("stochastic seeded: compiled twice", same_bits(runs[0], runs[1]))
         report("stochastic seeded: compiled == eager", same_bits(runs[0], runs[2]))
         with fixed_seed(SEED):
-            against_cpu("stochastic seed", finite.cpu(), "stochastic", ("eager", "compiled"))
+            # in place on CUDA, codebooks and block floating point compute on the row view
+            # (fused.computes_on_rows), on the CPU flat
+            against_cpu("stochastic seed", finite.cpu(), "stochastic", modes)
             odd = random_finite(ODD, seed=4)
             against_cpu("stochastic seed odd", odd, "stochastic", ("eager", "compiled"))
-            # quantize_ (the optimizer's path): on CUDA codebooks and block floating point
-            # compute on the row view (fused.computes_on_rows), flat on the CPU
-            reference = quantize_in("eager", finite.cpu(), fmt, "stochastic")
-            into = finite.clone()
-            with qtorch.kernel_mode("compiled"):
-                qtorch.quantize_(into, fmt, "stochastic")
-            report(f"stochastic seed in place {device.type} == cpu", same_bits(into, reference))
     fell_back = len(fused._broken) - broken
     report("compiled calls did not fall back", fell_back == 0, f"({fell_back} keys broken)")
 
