@@ -44,12 +44,19 @@ def test_bench_quick_runs_and_writes_json(
             "fused_ms",
             "eager_ratio",
             "fused_ratio",
+            "eager_ratio_q1",
+            "eager_ratio_q3",
+            "fused_ratio_q1",
+            "fused_ratio_q3",
             "eager_clone_ratio",
             "fused_clone_ratio",
             "fused_speedup",
         ):
             assert math.isfinite(row[key]) and row[key] > 0
         assert row["fused_speedup"] == pytest.approx(row["eager_ms"] / row["fused_ms"])
+        for path in ("eager", "fused"):
+            low, mid, high = (row[f"{path}_ratio{q}"] for q in ("_q1", "", "_q3"))
+            assert low <= mid <= high
     assert "x.clone()" in captured.out and "eager/fused" in captured.out
 
 
@@ -93,8 +100,18 @@ def test_rounds_pool_their_triples(monkeypatch: pytest.MonkeyPatch) -> None:
     nearest, stochastic = rows
     # nearest got calls 1, 3, 5 (quantizer 1, 3, 5 ms): median 3 ms over the nine triples
     assert nearest.fused_ms == pytest.approx(3.0) and nearest.fused_ratio == pytest.approx(3.0)
+    # ratios 1, 1, 1, 3, 3, 3, 5, 5, 5: quartiles at sorted positions 2 and 6
+    assert nearest.fused_ratio_q1 == pytest.approx(1.0)
+    assert nearest.fused_ratio_q3 == pytest.approx(5.0)
+    assert nearest.eager_ratio_q1 is None and "1.00-5.00" in bench.format_row(nearest)
     assert nearest.fused_clone_ratio == pytest.approx(1.5) and nearest.first_call_s == 10.0
     assert stochastic.fused_ms == pytest.approx(4.0) and stochastic.first_call_s == 20.0
+
+
+def test_quartiles_interpolate_within_the_values() -> None:
+    assert bench.quartiles([5.0, 1.0, 4.0, 2.0, 3.0]) == (2.0, 3.0, 4.0)
+    assert bench.quartiles([1.0, 2.0]) == (1.25, 1.5, 1.75)
+    assert bench.quartiles([7.0]) == (7.0, 7.0, 7.0)
 
 
 def test_ab_pairs_alternate_the_order() -> None:

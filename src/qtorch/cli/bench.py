@@ -84,6 +84,11 @@ class Row:
     fused_ms: float | None
     eager_ratio: float | None
     fused_ratio: float | None
+    #: quartiles of the per-triple ratios behind eager_ratio and fused_ratio: their spread
+    eager_ratio_q1: float | None
+    eager_ratio_q3: float | None
+    fused_ratio_q1: float | None
+    fused_ratio_q3: float | None
     eager_clone_ratio: float | None
     fused_clone_ratio: float | None
     #: eager ms / fused ms: how many times faster the fused path is
@@ -137,6 +142,17 @@ MIN_TRIPLES = 3
 Triple = tuple[float, float, float]  # seconds of (reference, clone, quantizer) in one go
 
 
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """First quartile, median and third quartile of ``values`` (not empty), within their range.
+
+    Linear interpolation between the sorted values ("inclusive"); one value is all three.
+    """
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
 @dataclass
 class Timing:
     """One kernel mode of one row: medians over the timed triples (reference, clone, run)."""
@@ -145,17 +161,23 @@ class Timing:
     reference_s: float
     clone_s: float
     ratio: float  # median of the per-triple ratios run / reference
+    ratio_q1: float  # their first and third quartiles
+    ratio_q3: float
     clone_ratio: float  # median of the per-triple ratios run / clone
     first_call_s: float
 
     @classmethod
     def of(cls, times: Sequence[Triple], first_call_s: float) -> Timing:
-        """Medians of the triples ``times`` (from every round)."""
+        """Medians (and the ratio's quartiles) of the triples ``times`` (from every round)."""
+        ratios = [t / ref for ref, _, t in times]
+        q1, _, q3 = quartiles(ratios)
         return cls(
             seconds=statistics.median(t for _, _, t in times),
             reference_s=statistics.median(ref for ref, _, _ in times),
             clone_s=statistics.median(clone for _, clone, _ in times),
-            ratio=statistics.median(t / ref for ref, _, t in times),
+            ratio=statistics.median(ratios),
+            ratio_q1=q1,
+            ratio_q3=q3,
             clone_ratio=statistics.median(t / clone for _, clone, t in times),
             first_call_s=first_call_s,
         )
@@ -325,6 +347,10 @@ def _row(
         fused_ms=None if fused is None else fused.seconds * 1e3,
         eager_ratio=None if eager is None else eager.ratio,
         fused_ratio=None if fused is None else fused.ratio,
+        eager_ratio_q1=None if eager is None else eager.ratio_q1,
+        eager_ratio_q3=None if eager is None else eager.ratio_q3,
+        fused_ratio_q1=None if fused is None else fused.ratio_q1,
+        fused_ratio_q3=None if fused is None else fused.ratio_q3,
         eager_clone_ratio=None if eager is None else eager.clone_ratio,
         fused_clone_ratio=None if fused is None else fused.clone_ratio,
         fused_speedup=None if eager is None or fused is None else eager.seconds / fused.seconds,
@@ -337,10 +363,15 @@ def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _spread(low: float | None, high: float | None) -> str:
+    return "-" if low is None or high is None else f"{low:.2f}-{high:.2f}"
+
+
 HEADER = (
     f"{'family':<12} {'rounding':<10} {'n':>10} {'ref ms':>8} {'clone ms':>8} {'eager ms':>9} "
-    f"{'fused ms':>9} {'eager/ref':>9} {'fused/ref':>9} {'eager/clone':>11} {'fused/clone':>11} "
-    f"{'eager/fused':>11} {'fused Me/s':>10} {'1st call s':>10}"
+    f"{'fused ms':>9} {'eager/ref':>9} {'fused/ref':>9} {'(quartiles)':>11} "
+    f"{'eager/clone':>11} {'fused/clone':>11} {'eager/fused':>11} {'fused Me/s':>10} "
+    f"{'1st call s':>10}"
 )
 
 
@@ -350,6 +381,7 @@ def format_row(row: Row) -> str:
         f"{row.family:<12} {row.rounding:<10} {row.n:>10} {row.reference_ms:>8.3f} "
         f"{row.clone_ms:>8.3f} {_num(row.eager_ms, '9.3f')} {_num(row.fused_ms, '9.3f')} "
         f"{_num(row.eager_ratio, '9.2f')} {_num(row.fused_ratio, '9.2f')} "
+        f"{_spread(row.fused_ratio_q1, row.fused_ratio_q3):>11} "
         f"{_num(row.eager_clone_ratio, '11.2f')} {_num(row.fused_clone_ratio, '11.2f')} "
         f"{_num(row.fused_speedup, '11.2f')} "
         f"{_num(row.fused_melem_s, '10.0f')} {_num(row.first_call_s, '10.2f')}"
