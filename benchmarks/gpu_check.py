@@ -100,14 +100,17 @@ def random_finite(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def fixed_seed(seed: int) -> Iterator[None]:
-    """Every quantize call in the block uses ``seed`` instead of drawing one."""
-    module = importlib.import_module("qtorch.quantize")
-    draw = getattr(module, "draw_seed")  # noqa: B009 (a module attribute, replaced)
-    setattr(module, "draw_seed", lambda generator, device: torch.tensor(seed, device=device))  # noqa: B010
+    """Every quantize call in the block uses ``seed`` instead of drawing one (in the full
+    dispatch and in a call's plan)."""
+    modules = [importlib.import_module(m) for m in ("qtorch.quantize", "qtorch.kernels.fused")]
+    draws = [getattr(module, "draw_seed") for module in modules]  # noqa: B009 (replaced below)
+    for module in modules:
+        setattr(module, "draw_seed", lambda generator, device: torch.tensor(seed, device=device))  # noqa: B010
     try:
         yield
     finally:
-        setattr(module, "draw_seed", draw)  # noqa: B010
+        for module, draw in zip(modules, draws, strict=True):
+            setattr(module, "draw_seed", draw)  # noqa: B010
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -376,6 +376,7 @@ def fresh_fused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fused, "_warned", False)
     monkeypatch.setattr(fused, "_timings", {})
     monkeypatch.setattr(fused, "_faster", {})
+    monkeypatch.setattr(fused, "_plans", {})
 
 
 def _raise_at_compile(fn: object, backend: object) -> object:
@@ -606,9 +607,11 @@ def test_clear_cache_forgets_compiled_kernels() -> None:
     x = torch.randn(2048)
     with qtorch.kernel_mode("compiled"):
         qtorch.quantize(x, qtorch.FixedPoint(8, 4))
-        assert fused._cache
+        qtorch.quantize(x, qtorch.FixedPoint(8, 4))
+        assert fused._cache and fused._plans
         fused.clear_cache()
         assert not fused._cache and not fused._broken and not fused._eager_seconds
+        assert not fused._plans
         again = qtorch.quantize(x, qtorch.FixedPoint(8, 4))
     with qtorch.kernel_mode("eager"):
         assert torch.equal(again, qtorch.quantize(x, qtorch.FixedPoint(8, 4)))

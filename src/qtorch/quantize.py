@@ -70,6 +70,9 @@ def quantize(
     The work runs as one fused compiled kernel or as the eager reference, as
     :func:`qtorch.set_kernel_mode` says; both give bit-identical results.
     """
+    out = fused.run_planned(x, fmt, rounding, generator, False)
+    if out is not None:
+        return out
     return _dispatch(x, fmt, rounding, generator, inplace=False, caller="quantize")
 
 
@@ -85,6 +88,9 @@ def quantize_(
     the same seed gives the same result. On the compiled path a contiguous x is rewritten by
     the kernel itself, without a full-size temporary.
     """
+    out = fused.run_planned(x, fmt, rounding, generator, True)
+    if out is not None:
+        return out
     return _dispatch(x, fmt, rounding, generator, inplace=True, caller="quantize_")
 
 
@@ -100,6 +106,7 @@ def _dispatch(
 
     Stochastic rounding draws one seed here; both paths make the same noise from it
     (:func:`qtorch.kernels.noise.uniform_from_counter`), the compiled one inside its kernel.
+    The caller first tries the call's plan (:func:`qtorch.kernels.fused.run_planned`).
     """
     if not isinstance(fmt, Format):
         raise TypeError(f"{caller}: fmt must be a qtorch format, got {type(fmt).__name__}")
@@ -110,4 +117,5 @@ def _dispatch(
     def eager() -> torch.Tensor:
         return eager_path.run(x, fmt, mode, seed, dtype, inplace)
 
-    return fused.quantize(x, fmt, mode, seed, inplace, eager)
+    plan_key = (id(fmt), rounding, inplace)
+    return fused.quantize(x, fmt, mode, seed, inplace, eager, plan_key)

@@ -154,7 +154,7 @@ def dispatch_mode_active() -> bool:
     return bool(_dispatch_modes())
 
 
-def _plain(x: torch.Tensor) -> bool:
+def plain(x: torch.Tensor) -> bool:
     """Whether the function Dynamo ran for x's shape computes what Dynamo would run now.
 
     x is a plain tensor or a parameter, no autograd graph is to be built (a tensor that
@@ -196,7 +196,7 @@ class CompiledKernel:
         direct = self.shapes.get(shape)  # a CPU kernel's keys (CUDA ones are never sizes)
         if direct is None and not x.is_cpu:
             direct = self.shapes.get(_device_key(x, shape))
-        if direct is not None and _plain(x):
+        if direct is not None and plain(x):
             # no graph to build: the result does not require grad, no grad mode needed
             return direct(x, seed, shape)
         self.capture.forget_ran()
@@ -205,11 +205,16 @@ class CompiledKernel:
         ran = self.capture.ran()
         cpu = x.is_cpu
         device_type = "cpu" if cpu else x.device.type  # x.device builds an object
-        if ran is not None and DIRECT.get(device_type, False) and _plain(x):
+        if ran is not None and DIRECT.get(device_type, False) and plain(x):
             if len(self.shapes) >= MAX_SHAPES:
                 self.shapes.clear()
             self.shapes[shape if cpu else _device_key(x, shape)] = ran
         return out
+
+    def direct_call(self, x: torch.Tensor) -> Captured | None:
+        """The function a call on x (a plain tensor) goes straight to, if its shape (and, off
+        the CPU, its device index) ran through Dynamo before; else None."""
+        return self.shapes.get(x.shape if x.is_cpu else _device_key(x, x.shape))
 
 
 def _device_key(x: torch.Tensor, shape: torch.Size) -> tuple[torch.Size, int]:
