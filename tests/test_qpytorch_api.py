@@ -152,3 +152,46 @@ def test_fixed_point_quantize_ties_to_even_and_clamps() -> None:
 def test_bad_arguments(call, error: type[Exception], message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(error, match=message):
         call(torch.ones(2, 3))
+
+
+def test_functional_calls_share_one_format_object_per_argument_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """So that a repeated call runs its plan (qtorch.kernels.fused.run_planned)."""
+    from qtorch.kernels import fused
+    from qtorch.quant.format_cache import format_of
+
+    assert format_of(FixedPoint, 8, 4, True, False) is format_of(FixedPoint, 8, 4, True, False)
+    assert format_of(FixedPoint, 8, 4, True, False) is not format_of(FixedPoint, 8, 5, True, False)
+    # equal arguments of other types are other keys: the format still rejects them
+    format_of(FixedPoint, 8, 4, True, False)
+    with pytest.raises(TypeError, match="clamp must be True or False"):
+        fixed_point_quantize(torch.ones(3), 8, 4, clamp=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="wl must be an int"):
+        format_of(FixedPoint, 8.0, 4)
+    with pytest.raises(TypeError, match="wl must be an int"):
+        format_of(FixedPoint, [8], 4)  # unhashable: built (and rejected) as it is
+
+    dispatches = [0]
+    full = fused.quantize
+
+    def counted(*args: object, **kwargs: object) -> torch.Tensor:
+        dispatches[0] += 1
+        return full(*args, **kwargs)  # type: ignore[arg-type]
+
+    x = torch.randn(3000, generator=torch.Generator().manual_seed(3)) * 4
+    calls = [
+        (lambda: fixed_point_quantize(x, 7, 3, rounding="nearest"), FixedPoint(7, 3)),
+        (lambda: float_quantize(x, 4, 2, rounding="nearest"), FloatingPoint(4, 2)),
+        (lambda: block_quantize(x, 7, rounding="nearest"), BlockFloatingPoint(7)),
+        (lambda: qtorch.quant.posit_quantize(x, 7, 1), qtorch.Posit(7, 1)),
+    ]
+    monkeypatch.setattr(fused, "quantize", counted)
+    with qtorch.kernel_mode("eager"):
+        expected = [quantize(x, fmt, "nearest") for _, fmt in calls]
+    with qtorch.kernel_mode("compiled"):
+        for (call, _), want in zip(calls, expected, strict=True):
+            before = dispatches[0]
+            for _ in range(3):
+                assert bits_equal(call(), want)
+            assert dispatches[0] - before == 1  # the first call only

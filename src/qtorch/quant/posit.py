@@ -13,6 +13,7 @@ import torch
 
 from qtorch.formats.posit import Posit, Positbf
 from qtorch.kernels.posit import decode_posit, encode_posit
+from qtorch.quant.format_cache import format_of
 from qtorch.quantize import quantize, working_tensor
 from qtorch.rounding import Rounding
 
@@ -48,7 +49,7 @@ def posit_quantize(
     >>> posit_quantize(torch.tensor([0.3, 10.0, 1e9]), nsize=8, es=1)
     tensor([2.9688e-01, 1.0000e+01, 4.0960e+03])
     """
-    return quantize(x, Posit(nsize, es, scale), rounding, generator)
+    return quantize(x, format_of(Posit, nsize, es, scale), rounding, generator)
 
 
 def convert_to_posit(x: torch.Tensor, nsize: int, es: int, scale: float = 1.0) -> torch.Tensor:
@@ -96,7 +97,7 @@ def bfloat16_posit8_quantize(
     if not isinstance(x, torch.Tensor) or x.dtype != torch.bfloat16:
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"bfloat16_posit8_quantize: x must be a bfloat16 tensor, got {got}")
-    return quantize(x, Positbf(nsize, es, scale), rounding, generator)
+    return quantize(x, format_of(Positbf, nsize, es, scale), rounding, generator)
 
 
 def _check_activation(caller: str, nsize: int, rounding: Rounding | str) -> None:

@@ -1,6 +1,7 @@
 """QPyTorch 0.3's functional quantizers: same names, parameter names and defaults.
 
-Each function builds the format and calls :func:`qtorch.quantize`. Unlike QPyTorch, the
+Each function builds the format (one object per argument list:
+:mod:`qtorch.quant.format_cache`) and calls :func:`qtorch.quantize`. Unlike QPyTorch, the
 parameters are validated (``ValueError`` / ``TypeError``), any float dtype is accepted and
 returned, stochastic rounding follows ``torch.manual_seed`` (or ``generator=``), and
 nearest rounding sends ties to even everywhere.
@@ -13,6 +14,7 @@ import torch
 from qtorch.formats.block import BlockFloatingPoint
 from qtorch.formats.fixed import FixedPoint
 from qtorch.formats.floating import FloatingPoint
+from qtorch.quant.format_cache import format_of
 from qtorch.quantize import quantize
 from qtorch.rounding import Rounding
 
@@ -34,7 +36,7 @@ def fixed_point_quantize(
     >>> fixed_point_quantize(torch.tensor([0.3, -9.0]), 8, 4, rounding="nearest")
     tensor([ 0.3125, -8.0000])
     """
-    return quantize(x, FixedPoint(wl, fl, clamp, symmetric), rounding, generator)
+    return quantize(x, format_of(FixedPoint, wl, fl, clamp, symmetric), rounding, generator)
 
 
 def block_quantize(
@@ -50,7 +52,7 @@ def block_quantize(
     >>> block_quantize(torch.tensor([1.0, 0.3, -0.7]), 4, rounding="nearest")
     tensor([ 1.0000,  0.2500, -0.7500])
     """
-    return quantize(x, BlockFloatingPoint(wl, dim), rounding, generator)
+    return quantize(x, format_of(BlockFloatingPoint, wl, dim), rounding, generator)
 
 
 def float_quantize(
@@ -66,4 +68,4 @@ def float_quantize(
     >>> float_quantize(torch.tensor([1.0 + 2**-11, 70000.0]), 5, 10, rounding="nearest")
     tensor([1.0000e+00, 6.5504e+04])
     """
-    return quantize(x, FloatingPoint(exp, man), rounding, generator)
+    return quantize(x, format_of(FloatingPoint, exp, man), rounding, generator)
