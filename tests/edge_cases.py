@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 INF = float("inf")
 NAN = float("nan")
@@ -53,3 +56,15 @@ def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     int_dtype = {torch.float64: torch.int64, torch.float32: torch.int32}.get(a.dtype, torch.int16)
     ia, ib = a[~nan_a].view(int_dtype), b[~nan_b].view(int_dtype)
     return torch.equal(ia, ib)
+
+
+class RecordingMode(TorchDispatchMode):
+    """A dispatch mode that records the operations it sees (``ops``) and runs them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))

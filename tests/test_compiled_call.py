@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from edge_cases import SPECIALS_F32, bits_equal, random_float32
-from torch.utils._python_dispatch import TorchDispatchMode
+from edge_cases import SPECIALS_F32, RecordingMode, bits_equal, random_float32
 
 import qtorch
 from qtorch.cli.bench import family_format
@@ -151,18 +150,6 @@ def test_parameters_in_place_under_no_grad(monkeypatch: pytest.MonkeyPatch) -> N
     assert isinstance(bias, torch.nn.Parameter) and bias.requires_grad
 
 
-class _Passthrough(TorchDispatchMode):
-    """A dispatch mode that records the operations it sees."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.seen.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 class _Tagged(torch.Tensor):
     """A tensor subclass that adds nothing."""
 
@@ -197,11 +184,11 @@ def test_dispatch_modes_see_the_eager_operations() -> None:
     x = _values(9001)
     expected = _eager(x, fmt, Rounding.NEAREST, 0)
     qtorch.quantize(x, fmt)
-    mode = _Passthrough()
+    mode = RecordingMode()
     with mode:
         got = qtorch.quantize(x, fmt)
     assert bits_equal(got, expected)
-    assert any("round" in op for op in mode.seen)
+    assert any("round" in op for op in mode.ops)
     assert not fused._broken
 
 

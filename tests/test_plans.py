@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from edge_cases import SPECIALS_F32, bits_equal, random_float32
-from torch.utils._python_dispatch import TorchDispatchMode
+from edge_cases import SPECIALS_F32, RecordingMode, bits_equal, random_float32
 
 import qtorch
 from qtorch.cli.bench import family_format
@@ -116,16 +115,6 @@ def test_repeated_calls_run_their_plan_and_match_eager(
         assert not bits_equal(got_both[0], got_both[1])
 
 
-class _Seen(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 def test_plans_follow_what_chose_the_path(
     monkeypatch: pytest.MonkeyPatch, dispatches: list[int]
 ) -> None:
@@ -161,7 +150,7 @@ def test_plans_follow_what_chose_the_path(
     with torch.device("cpu"):  # a torch function mode
         full_dispatch(lambda: qtorch.quantize(x, fmt), expected)
     assert eager_runs[0] == 1  # all of them compiled
-    seen = _Seen()
+    seen = RecordingMode()
     with seen:
         full_dispatch(lambda: qtorch.quantize(x, fmt), expected)
     assert any("round" in op for op in seen.ops) and eager_runs[0] == 2
