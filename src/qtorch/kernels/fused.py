@@ -303,6 +303,7 @@ def quantize(
     key = _key(x, fmt, rounding, inplace, device_type)
     kern = _cache.get(key)
     if mode == "auto":
+        timed = x.numel() < MEASURE_BELOW.get(device_type, 0)  # both paths timed at this size
         if kern is None:
             spent = _eager_seconds.get(key, 0.0)
             if spent < AUTO_COMPILE_AFTER_S:
@@ -310,10 +311,10 @@ def quantize(
                 result = eager()
                 _eager_seconds[key] = spent + _clock() - start
                 return result
-        elif x.numel() < MEASURE_BELOW.get(device_type, 0):
+            if timed:
+                plan_key = None  # the first compile: this size's path is still to be timed
+        elif timed:
             return _faster_path(x, fmt, rounding, seed, inplace, eager, key, plan_key)
-        if x.numel() < MEASURE_BELOW.get(device_type, 0):
-            plan_key = None  # the first compile: the path for this size is still to be timed
     plan = None if plan_key is None else (plan_key, kernel_mode)
     return quantize_compiled(x, fmt, rounding, seed, inplace, eager, key, kern, plan)
 
