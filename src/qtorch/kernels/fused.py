@@ -464,7 +464,7 @@ def quantize_compiled(
         return result
     if plan is not None and src is x:
         view = 2 if rows else 1 if reshaped else 0
-        _remember(plan, x, fmt, rounding, kern, arg, view, write_into_arg)
+        _remember(plan, x, fmt, rounding, kern, arg, view)
     if write_into_arg or out is None:
         return x
     if out is arg or out is src:
@@ -497,16 +497,14 @@ class Plan:
     #: held, so that while the plan exists ``id(fmt)`` in its key is this format's
     fmt: Format
     mode: Rounding
-    #: x's dtype, and the dtype it is rounded in (float32 or float64)
+    #: x's dtype
     dtype: torch.dtype
-    work_dtype: torch.dtype
     kernel_mode: str
     device_type: str
     call: Captured
-    #: what the function takes: x itself (0), x flat (1), the (n / ROW, ROW) view (2)
+    #: what the function takes: x itself (0), x flat (1), the (n / ROW, ROW) view (2); a
+    #: function that writes the result into x returns None
     view: int
-    #: the function writes the result into x (``quantize_`` on formats that allow it)
-    write_into_x: bool
 
 
 #: Plans by (plan key, x's place): its shape on the CPU, (shape, device) elsewhere.
@@ -525,7 +523,6 @@ def _remember(
     kern: object,
     arg: torch.Tensor,
     view: int,
-    write_into_x: bool,
 ) -> None:
     """Keep the plan of a call on x (contiguous) that ran ``kern`` on ``arg`` straight."""
     call = kern.direct_call(arg) if isinstance(kern, CompiledKernel) else None
@@ -533,12 +530,11 @@ def _remember(
         return
     plan_key, kernel_mode = plan
     device_type = _device_type(x)
-    work_dtype = x.dtype if x.dtype in _WORKING else torch.float32
     with _lock:
         if len(_plans) >= MAX_PLANS:
             _plans.clear()
         _plans[(plan_key, x.shape if x.is_cpu else (x.shape, x.device))] = Plan(
-            fmt, mode, x.dtype, work_dtype, kernel_mode, device_type, call, view, write_into_x
+            fmt, mode, x.dtype, kernel_mode, device_type, call, view
         )
 
 
@@ -588,13 +584,13 @@ def run_planned(
     except Exception:
         with _lock:
             _plans.clear()
-        mode, work = plan.mode, plan.work_dtype
+        mode, work = plan.mode, x.dtype if x.dtype in _WORKING else torch.float32
 
         def eager() -> torch.Tensor:
             return eager_run(x, plan.fmt, mode, seed, work, inplace)
 
         return quantize(x, plan.fmt, mode, seed, inplace, eager)
-    if plan.write_into_x or out is None:
+    if out is None:  # written into x
         return x
     if plan.view:
         out = out.view(x.shape)
