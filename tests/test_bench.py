@@ -85,7 +85,8 @@ def test_triples_take_every_order_and_keep_the_columns(monkeypatch: pytest.Monke
 def test_rounds_pool_their_triples(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, int, int, float]] = []
 
-    def fake_time_path(mode, x, fmt, rounding, references, repeats, warmup, budget_s):
+    def fake_time_path(mode, x, fmt, rounding, references, repeats, warmup, budget_s, evict):
+        assert evict is None  # warm by default
         seen.append((mode, repeats, warmup, budget_s))
         k = len(seen)  # round r of the fused path returns quantizer times r + 1 ms (ref 1 ms)
         return [(1e-3, 2e-3, k * 1e-3)] * repeats, 10.0 * k

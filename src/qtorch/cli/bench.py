@@ -6,6 +6,14 @@ over the same tensor timed in the same run: the cheapest elementwise pass,
 ``torch.mul(x, 2.0)`` on the CPU (a quantizer that returns a new tensor cannot beat it) or
 a device-to-device copy on CUDA, and ``x.clone()``; and the fused path's speedup over the
 eager one.
+
+Where x and the reference's output together take at least half the largest cache, every
+timed call starts with cold caches by default (``--cache auto``: a buffer several times the
+largest cache is read before it, :mod:`qtorch.cli.cold_cache`): there a warm cache holds a
+varying part of them, and the reference runs at memory speed, the limit it stands for,
+only when cold. Smaller tensors are timed warm, as they run in a training step (a cold
+call there times the interpreter's own data coming back from memory). ``--cache cold``
+and ``--cache warm`` apply one state to every size.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from qtorch.cli.cold_cache import Evictor, eviction_bytes, largest_cache_bytes
 
 
 def _spec(text: str) -> Callable[[], Any]:
@@ -66,6 +76,8 @@ def family_format(name: str) -> Any:
 SIZES = (10_000, 1_000_000, 4_194_304, 10_000_000)
 QUICK_SIZES = (1_000, 5_003)
 ROUNDINGS = ("nearest", "stochastic")
+#: ``--cache``: evict the caches before each timed call at large sizes, always, or never.
+CACHE_STATES = ("auto", "cold", "warm")
 
 
 @dataclass
@@ -91,6 +103,8 @@ class Row:
     fused_ratio_q3: float | None
     eager_clone_ratio: float | None
     fused_clone_ratio: float | None
+    #: "cold" (the caches evicted before each timed call) or "warm"
+    cache: str
     #: eager ms / fused ms: how many times faster the fused path is
     fused_speedup: float | None
     fused_melem_s: float | None
@@ -192,13 +206,14 @@ def _time_path(
     repeats: int,
     warmup: int,
     budget_s: float,
+    evict: Callable[[], None] | None = None,
 ) -> tuple[list[Triple], float]:
     """Time ``qtorch.quantize`` in one kernel mode against the two reference passes.
 
     Returns the timed triples and the time of the first call (the compile, in the first
     round). ``warmup`` untimed calls of each come first; at most ``repeats`` triples are
     timed, fewer when the quantizer would take more than ``budget_s`` for them, never
-    fewer than :data:`MIN_TRIPLES`.
+    fewer than :data:`MIN_TRIPLES`. ``evict`` (cold caches) runs before each timed call.
     """
     import qtorch
 
@@ -219,7 +234,7 @@ def _time_path(
         # The references and the quantizer alternate call by call, and each ratio is the
         # median of the per-triple ratios: the three calls see the same state of the machine.
         # The order changes from triple to triple (ORDERS).
-        times = [_triple((ref_fn, clone_fn, run), i, x.device) for i in range(count)]
+        times = [_triple((ref_fn, clone_fn, run), i, x.device, evict) for i in range(count)]
     return times, first
 
 
@@ -233,10 +248,16 @@ def _triple(
     fns: tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]],
     index: int,
     device: torch.device,
+    evict: Callable[[], None] | None = None,
 ) -> tuple[float, float, float]:
-    """One call of each of ``fns``, in order ``ORDERS[index % 6]``; their times in fns's order."""
+    """One call of each of ``fns``, in order ``ORDERS[index % 6]``; their times in fns's order.
+
+    ``evict``, given, runs (untimed) before each call: every call starts with cold caches.
+    """
     seconds = [0.0, 0.0, 0.0]
     for j in ORDERS[index % len(ORDERS)]:
+        if evict is not None:
+            evict()
         seconds[j] = median_time(fns[j], device, 1, 0)
     return seconds[0], seconds[1], seconds[2]
 
@@ -262,6 +283,7 @@ def measure(
     paths: Sequence[str] = ("eager", "fused"),
     budget_s: float = 2.0,
     rounds: int = 1,
+    cache: str = "warm",
 ) -> list[Row]:
     """Time every (format, rounding) at every size; print a line per row as it is done.
 
@@ -274,6 +296,10 @@ def measure(
     ``repeats / rounds`` triples of every row within ``budget_s / rounds``; a row's medians
     are over its triples from all rounds, so that they sample the machine's state over
     all the rows of its size rather than over the fraction of a second one row takes.
+
+    ``cache``: "cold" evicts the data caches before every timed call
+    (:class:`qtorch.cli.cold_cache.Evictor`), so that each one reads x from memory; "auto"
+    does so at the sizes :func:`cold_at` names; "warm" never.
     """
     cases = [
         (family, fmt, rounding)
@@ -285,6 +311,10 @@ def measure(
     for n in sizes:
         x = torch.randn(n, generator=torch.Generator().manual_seed(n)).to(device)
         inputs[n] = (x, *_reference(x))
+    if cache not in CACHE_STATES:
+        raise ValueError(f"cache must be one of {', '.join(CACHE_STATES)}, got {cache!r}")
+    cold = {n: cache == "cold" or (cache == "auto" and cold_at(n, device)) for n in sizes}
+    evict = Evictor(device) if any(cold.values()) else None
     per_round = -(-repeats // rounds)
     timed: dict[tuple[str, int, int], Timing] = {}
     rows = []
@@ -310,6 +340,7 @@ def measure(
                         per_round,
                         warmup if round_ == 0 else 1,
                         budget_s / rounds,
+                        evict if cold[n] else None,
                     )
                     triples.setdefault((n, i), []).extend(times)
                     first_call.setdefault((n, i), first)  # the first round's: the compile
@@ -317,9 +348,17 @@ def measure(
                         continue
                     timed[path, n, i] = Timing.of(triples[n, i], first_call[n, i])
                     if path == last:
-                        rows.append(_row(cases[i], n, device, inputs[n][1], timed, i))
+                        state = "cold" if cold[n] else "warm"
+                        rows.append(_row(cases[i], n, device, inputs[n][1], timed, i, state))
                         print(format_row(rows[-1]), flush=True)
     return rows
+
+
+def cold_at(n: int, device: torch.device) -> bool:
+    """Whether "auto" times n float32 elements cold: x and the reference's output take at
+    least half the largest cache (or its size is unknown)."""
+    start = _cold_from("auto", device)
+    return start is not None and n >= start
 
 
 def _row(
@@ -329,6 +368,7 @@ def _row(
     reference: str,
     timed: dict[tuple[str, int, int], Timing],
     i: int,
+    cache: str,
 ) -> Row:
     """The row of case i at size n from the timings of its paths."""
     family, fmt, rounding = case
@@ -353,6 +393,7 @@ def _row(
         fused_ratio_q3=None if fused is None else fused.ratio_q3,
         eager_clone_ratio=None if eager is None else eager.clone_ratio,
         fused_clone_ratio=None if fused is None else fused.clone_ratio,
+        cache=cache,
         fused_speedup=None if eager is None or fused is None else eager.seconds / fused.seconds,
         fused_melem_s=None if fused is None else n / fused.seconds / 1e6,
         first_call_s=None if fused is None else fused.first_call_s,
@@ -388,8 +429,8 @@ def format_row(row: Row) -> str:
     )
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """What the numbers depend on: device, dtype, versions, threads, load."""
+def environment(device: torch.device, cache: str = "warm") -> dict[str, Any]:
+    """What the numbers depend on: device, dtype, versions, threads, load, the caches."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
@@ -401,7 +442,31 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_average_1min": load,
         "timer": "cpu (thread_time)" if _clock is time.thread_time else "wall",
+        "cache": cache,
+        "cold_from_n": _cold_from(cache, device),
+        "eviction_mib": eviction_bytes(device) >> 20 if cache != "warm" else None,
     }
+
+
+def _cold_from(cache: str, device: torch.device) -> int | None:
+    """The smallest size timed cold under ``cache`` ("auto", "cold" or "warm"); None: none."""
+    if cache == "warm":
+        return None
+    largest = largest_cache_bytes(device)
+    return 0 if cache == "cold" or largest is None else -(-largest // 16)
+
+
+def _cache_line(env: dict[str, Any]) -> str:
+    """A line saying which calls the header's ``env`` times with cold caches."""
+    start = env["cold_from_n"]
+    if start is None:
+        return "caches: warm (each call in the state the previous one left)"
+    cold = f"cold ({env['eviction_mib']} MiB read before each timed call)"
+    return (
+        f"caches: {cold} at every size"
+        if start == 0
+        else f"caches: {cold} from n = {start:,}; warm below"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -427,17 +492,18 @@ def run(args: argparse.Namespace) -> int:
     paths = ("eager", "fused") if args.path == "both" else (args.path,)
     report: dict[str, Any] = {"runs": []}
     for device in devices:
-        env = environment(device)
+        env = environment(device, args.cache)
         print(" ".join(f"{k}={v}" for k, v in env.items()))
         what = "device-to-device copy" if device.type == "cuda" else "torch.mul(x, 2.0)"
         print(
             f"reference (ref): {what}; clone: x.clone(); both on the same tensor, timed "
             "alternately with each quantizer call; eager/fused: the fused path's speedup"
         )
+        print(_cache_line(env))
         print(HEADER)
         budget = 0.2 if args.quick else 2.0
         rounds = 1 if args.quick else args.rounds
-        rows = measure(formats, sizes, device, repeats, warmup, paths, budget, rounds)
+        rows = measure(formats, sizes, device, repeats, warmup, paths, budget, rounds, args.cache)
         report["runs"].append({"environment": env, "rows": [asdict(r) for r in rows]})
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
@@ -507,6 +573,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("wall", "cpu"),
         default="wall",
         help="cpu: CPU time of one thread (forces --threads 1; for busy shared machines)",
+    )
+    parser.add_argument(
+        "--cache",
+        choices=CACHE_STATES,
+        default="auto",
+        help="cold: evict the caches before each timed call, so that every call reads x from "
+        "memory; warm: leave them as the previous call left them; auto (default): cold where "
+        "x and its output take at least half the largest cache, warm below",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
