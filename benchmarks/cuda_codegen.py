@@ -201,7 +201,7 @@ def generate(
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-    from qtorch.kernels import fused
+    from qtorch.kernels import compiled_call, fused
     from qtorch.rounding import Rounding
 
     rnd = Rounding(rounding)
@@ -235,7 +235,7 @@ def generate(
             gm = make_fx(traced, tracing_mode="symbolic" if dynamic else "fake")(*inputs)
         with mock.patch.object(GraphLowering, "compile_to_module", capture):
             try:
-                compile_fx(gm, inputs)
+                compile_fx(gm, inputs, config_patches=compiled_call.CONFIG)
             except _Generated as done:
                 return done.source
             except Exception as err:  # Inductor wraps errors raised inside it
@@ -254,9 +254,9 @@ _KERNEL = re.compile(r"^(\w+) = async_compile\.triton\('\w+', '''(.*?)''', devic
 def kernels(source: str) -> list[dict[str, Any]]:
     """The Triton kernels of a generated module, in launch order: kind (Inductor's
     heuristics), sizes (``xnumel`` and, for reductions, ``r0_numel``; None where symbolic
-    or absent),
-    and the number of ``tl.load`` / ``tl.store`` calls in the source (small tables and
-    per-block factors count as loads too)."""
+    or absent), the number of ``tl.load`` / ``tl.store`` calls in the source (small tables
+    and per-block factors count as loads too), of float divisions by Triton's ``/`` and by
+    ``div_rn``, and whether libdevice keeps subnormals (``disable_ftz``)."""
     found = {name: src for name, src in _KERNEL.findall(source)}
     launched = re.findall(r"^\s*(\w+)\.run\(", source, re.M)
     out = []
@@ -272,6 +272,12 @@ def kernels(source: str) -> list[dict[str, Any]]:
                 "r0_numel": numels.get("r0_numel"),
                 "loads": src.count("tl.load("),
                 "stores": src.count("tl.store("),
+                # float divisions: Triton's ``/`` (div.full.f32, within 2 ulp) and the
+                # correctly rounded ``div_rn`` (compiled_call.CONFIG asks for it)
+                "approximate_divisions": len(re.findall(r"\(\w+ / \w+\)", src)),
+                "rounded_divisions": src.count("div_rn("),
+                # libdevice calls flush subnormal arguments unless this is set
+                "disable_ftz": "'disable_ftz': True" in src,
                 "source": src,
             }
         )

@@ -7,6 +7,9 @@ For each format family (the formats of ``qtorch bench``):
    CPU eager result, on random float32 bit patterns (subnormals, ±0, ±Inf, NaN) plus the
    named special values;
 2. nearest on an odd shape (no dimension a multiple of 16): compiled CUDA == CPU eager;
+   and nearest on exact ties (``exact_ties``: blocks whose NVFP4 quotients x / scale are
+   E2M1 midpoints; Triton's own ``/`` is within 2 ulp and moved such ties, which
+   ``qtorch.kernels.compiled_call.CONFIG`` now avoids), eager, compiled and in place;
 3. stochastic: with the same ``torch.manual_seed`` the compiled CUDA path gives the same
    result twice and the same as the eager CUDA path; and with one fixed seed (the seed a
    call draws is replaced) the eager and compiled CUDA results equal the CPU eager result,
@@ -163,6 +166,30 @@ def device_time(fn: Callable[[], object], device: torch.device, repeats: int = R
     return statistics.median(start.elapsed_time(end) for start, end in events) / 1e3
 
 
+#: E2M1's midpoints: x / scale at one of these is an exact tie of NVFP4's rounding.
+MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
+
+
+def exact_ties(rows: int, seed: int) -> torch.Tensor:
+    """Rows of 128 in blocks of 16, on the CPU, whose values are exact ties of rounding.
+
+    Each block is ``6 d`` and ± E2M1 midpoints times ``d``, d an E4M3 value (1 + m / 8) 2**e:
+    NVFP4 takes d as its scale, so x / d is a midpoint exactly, and a division that is off
+    by one ulp (Triton's ``/``: div.full.f32) rounds the other way. The values have at most
+    seven significant bits, so they are ties of the coarser formats' roundings too.
+    """
+    g = torch.Generator().manual_seed(seed)
+    blocks = rows * ROW // 16
+    d = (1 + torch.randint(0, 8, (blocks, 1), generator=g) / 8) * torch.exp2(
+        torch.randint(-6, 7, (blocks, 1), generator=g).to(torch.float32)
+    )
+    pick = torch.randint(0, len(MIDPOINTS), (blocks, 16), generator=g)
+    sign = torch.randint(0, 2, (blocks, 16), generator=g) * 2 - 1
+    values = torch.tensor(MIDPOINTS)[pick] * sign
+    values[:, 0] = 6.0  # the block's maximum: its scale is d exactly
+    return (values * d).reshape(rows, ROW)
+
+
 def quantize_in(mode: str, x: torch.Tensor, fmt: qtorch.Format, rounding: str) -> torch.Tensor:
     with qtorch.kernel_mode(mode):
         return qtorch.quantize(x, fmt, rounding)
@@ -208,6 +235,7 @@ def check_format(
     modes = ("eager", "compiled", "in place")
     against_cpu("nearest", random_bits(size, seed=1), "nearest", modes)
     against_cpu("nearest odd", random_bits(0, seed=2, shape=ODD), "nearest", ("compiled",))
+    against_cpu("nearest exact ties", exact_ties(max(1, size // ROW), seed=5), "nearest", modes)
 
     stochastic = "stochastic" in {r.value for r in fmt.roundings}
     if stochastic:

@@ -133,3 +133,16 @@ def test_symbolic_length_keeps_the_structure(generated: dict[Key, Any], rounding
     assert (rows["kind"], rows["r0_numel"]) == ("reduction", 4096)
     assert over_rows["kind"] == "reduction" and over_rows["xnumel"] == 1
     assert found[-1]["kind"] == "pointwise" and found[-1]["xnumel"] is None
+
+
+def test_divisions_are_correctly_rounded_and_subnormals_kept(generated: dict[Key, Any]) -> None:
+    """No kernel divides with Triton's ``/`` (``div.full.f32``: within 2 ulp, 1 ulp off
+    even for exact quotients), which moved NVFP4's exact ties (x / scale = 5.0 rounds to 4,
+    5.0000005 to 6); divisions are ``div_rn``, as on the CPU and in eager CUDA. And
+    libdevice's floor and nearbyint keep subnormal arguments (no flush to zero)."""
+    kernels = [k for row in generated.values() for k in row["kernels"]]
+    assert kernels and all(k["approximate_divisions"] == 0 for k in kernels)
+    assert all(k["disable_ftz"] for k in kernels)
+    for rounding in ROUNDINGS:  # NVFP4 divides x by its block's scale
+        (nvfp4,) = generated["nvfp4", rounding, False, "float32"]["kernels"]
+        assert nvfp4["rounded_divisions"] >= 1

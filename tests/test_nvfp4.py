@@ -110,6 +110,20 @@ def test_single_level_is_exactly_rounded() -> None:
     assert bits_equal(qtorch.quantize(x, nvfp4), want64)
 
 
+def test_exact_ties_of_the_scaled_values_round_to_even() -> None:
+    """x / scale exactly at each E2M1 midpoint (0.25 ... 5): to the even code, as the
+    reference says. The scale 0.9375 is E4M3 (1.875 * 2**-1), and 6 * 0.9375 the block's
+    maximum; Triton's own ``/`` (div.full.f32) gave 4.6875 / 0.9375 = 5.0000005, which
+    rounds to 6, so the compiled CUDA kernels divide with ``div_rn``."""
+    d = 0.9375
+    ties = [5, -5, 2.5, 3.5, 0.25, 0.75, 1.25, 1.75, -2.5, -3.5, -0.25, -0.75, -1.25, -1.75]
+    x = torch.tensor([6.0, *ties, 0.0]) * d
+    check(nvfp4, x.reshape(1, 16))
+    # E2M1: 0, 0.5, 1, 1.5, 2, 3, 4, 6 with codes 0..7; a tie goes to the even code
+    even = [6, 4, -4, 2, 4, 0, 1, 1, 2, -2, -4, -0.0, -1, -1, -2, 0]
+    assert bits_equal(qtorch.quantize(x, nvfp4), torch.tensor(even) * d)
+
+
 def test_dynamic_tensor_scale_is_amax_over_2688() -> None:
     x = random_blocks(4, 32, seed=4)
     x[2, 7] = math.inf
