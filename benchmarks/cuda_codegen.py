@@ -158,10 +158,17 @@ def fake_cuda(mode: Any) -> Iterator[None]:
         yield
 
 
+#: The real CPU tensor behind each fake made by :func:`_faked` (by the fake's id): the
+#: values of the constants a generated module takes as inputs (codebook tables).
+REAL: dict[int, torch.Tensor] = {}
+
+
 def _faked(value: Any, mode: Any) -> Any:
     """value with every tensor in it replaced by a fake CUDA tensor of its shape and dtype."""
     if isinstance(value, torch.Tensor):
-        return _fake_cuda_tensor(value, mode)
+        fake = _fake_cuda_tensor(value, mode)
+        REAL[id(fake)] = value
+        return fake
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = dataclasses.fields(value)
         return dataclasses.replace(
@@ -182,6 +189,20 @@ def _fake_cuda_tensor(t: torch.Tensor, mode: Any, dynamic: set[int] | None = Non
     fake = mode.from_tensor(t, symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
     fake.fake_device = torch.device("cuda", 0)
     return fake
+
+
+def kernel_shape(fmt: Any, rounding: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the argument fused.quantize_compiled hands the kernel for a contiguous
+    x of ``shape``: x flat for the elementwise formats, or its ``(n / ROW, ROW)`` view with
+    stochastic rounding where ROW divides n; x itself for the formats with blocks."""
+    from qtorch.kernels import fused
+    from qtorch.rounding import Rounding
+
+    if not fmt.flat_kernel:
+        return shape
+    n = math.prod(shape)
+    rows = Rounding(rounding) is Rounding.STOCHASTIC and n % fused.ROW == 0
+    return (n // fused.ROW, fused.ROW) if rows else (n,)
 
 
 def generate(
@@ -205,12 +226,9 @@ def generate(
     from qtorch.rounding import Rounding
 
     rnd = Rounding(rounding)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    n = math.prod(shape)
-    # the argument fused.quantize_compiled passes, and the dimensions it marks dynamic
-    rows = rnd is Rounding.STOCHASTIC and fmt.flat_kernel and n % fused.ROW == 0
-    if fmt.flat_kernel:
-        shape = (n // fused.ROW, fused.ROW) if rows else (n,)
+    shape = kernel_shape(fmt, rnd, (shape,) if isinstance(shape, int) else tuple(shape))
+    # the dimensions fused.quantize_compiled marks dynamic (not the row view's width)
+    rows = rnd is Rounding.STOCHASTIC and fmt.flat_kernel and len(shape) == 2
     symbolic = {d for d, size in enumerate(shape) if size > 1 and not (rows and d == 1)}
     with mock.patch.object(fused, "_compile", lambda fn, backend: fn):
         # as fused._key decides (MX and NVFP4 compute out of place and copy into x)
@@ -233,6 +251,11 @@ def generate(
     with fake_cuda(mode):
         with mock.patch.object(torch.compiler, "is_compiling", lambda: True):
             gm = make_fx(traced, tracing_mode="symbolic" if dynamic else "fake")(*inputs)
+        CONSTANTS[:] = [
+            REAL.get(id(getattr(gm, node.target)))
+            for node in gm.graph.nodes
+            if node.op == "get_attr" and isinstance(getattr(gm, node.target), torch.Tensor)
+        ]
         with mock.patch.object(GraphLowering, "compile_to_module", capture):
             try:
                 compile_fx(gm, inputs, config_patches=compiled_call.CONFIG)
@@ -246,6 +269,12 @@ def generate(
                     return cause.source
                 raise
     raise RuntimeError("Inductor generated no module")
+
+
+#: The tensor constants of the graph :func:`generate` compiled last, in the order of the
+#: graph (their CPU values; None where one was not made by :func:`_faked`). The generated
+#: ``call`` takes them as its first inputs.
+CONSTANTS: list[torch.Tensor | None] = []
 
 
 _KERNEL = re.compile(r"^(\w+) = async_compile\.triton\('\w+', '''(.*?)''', device_str", re.S | re.M)
