@@ -23,8 +23,8 @@ in the default rounding mode).
 Needs Triton (in the ``test`` extra on Linux x86-64); sets ``TRITON_INTERPRET=1`` before
 importing it, so run it as its own process::
 
-    python benchmarks/cuda_interpret.py                          # every family, both roundings
-    python benchmarks/cuda_interpret.py --formats nvfp4 mx --shape 8,40 --inplace
+    python benchmarks/cuda_interpret.py --dynamic    # every family, both roundings, as compiled
+    python benchmarks/cuda_interpret.py --formats nvfp4 mx --shape 8,40 --inplace --dynamic
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ import gpu_check
 from qtorch.kernels import eager
 from qtorch.rounding import Rounding
 
-#: Block sizes the interpreter runs each kind of kernel with (powers of two; any that
-#: covers the sizes works, the results do not depend on them).
+#: Block sizes the interpreter runs each kind of kernel with (powers of two; the results do
+#: not depend on them), by kind; a block parameter not named here gets 16.
 BLOCKS = {
     "pointwise": {"XBLOCK": 1024},
     "persistent_reduction": {"XBLOCK": 8},
@@ -85,18 +85,18 @@ class Kernel:
         self.kind, self.meta, self.fn = kind, meta, fn
 
     def run(self, *args: Any, stream: Any = None) -> None:
-        grid_type = self.meta["inductor_meta"]["grid_type"]
-        if grid_type != "Grid1D" or self.kind not in BLOCKS:
-            raise NotImplementedError(f"{self.kind} kernel, {grid_type}")
+        from torch._inductor.runtime.triton_heuristics import GridExpr
+
+        if self.kind not in BLOCKS:
+            raise NotImplementedError(f"{self.kind} kernel")
         # the launch passes every parameter but the block sizes (a size Inductor made a
-        # constant, as xnumel 1, too)
+        # constant, as xnumel 1, too); the grid is Inductor's own for the chosen blocks
         signature = self.meta["triton_meta"]["signature"]
-        blocks = BLOCKS[self.kind]
-        sizes = {k for k in signature if k.endswith("BLOCK")}
-        if sizes != set(blocks):
-            raise NotImplementedError(f"{self.kind} kernel with {sorted(sizes)}")
+        sizes = [k for k in signature if k.endswith("BLOCK")]
+        blocks = {k: BLOCKS[self.kind].get(k, 16) for k in sizes}
         values = dict(zip([k for k in signature if k not in sizes], args, strict=True))
-        self.fn[(-(-values["xnumel"] // blocks["XBLOCK"]),)](*args, **blocks)
+        grid = GridExpr.from_meta(self.meta["inductor_meta"], blocks)
+        self.fn[grid.eval_slow({**values, **blocks})](*args, **blocks)
 
 
 class _Compile:
@@ -208,12 +208,19 @@ def load(source: str) -> Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]:
 
 
 def interpreted(
-    fmt: Any, rounding: str, x: torch.Tensor, seed: torch.Tensor | None, inplace: bool = False
+    fmt: Any,
+    rounding: str,
+    x: torch.Tensor,
+    seed: torch.Tensor | None,
+    inplace: bool = False,
+    dynamic: bool = False,
 ) -> torch.Tensor:
     """``quantize(x, fmt, rounding)`` (``quantize_`` if ``inplace``) by the CUDA kernels,
-    interpreted: the argument is x as the fused path passes it (flat, or the row view)."""
+    interpreted: the argument is x as the fused path passes it (flat, or the row view).
+    ``dynamic``: the kernels compiled for symbolic sizes, as qtorch compiles them."""
     shape = cuda_codegen.kernel_shape(fmt, Rounding(rounding), tuple(x.shape))
-    call = load(cuda_codegen.generate(fmt, rounding, tuple(x.shape), inplace, x.dtype))
+    source = cuda_codegen.generate(fmt, rounding, tuple(x.shape), inplace, x.dtype, dynamic)
+    call = load(source)
     constants = list(cuda_codegen.CONSTANTS)  # the codebooks' tables, lifted to inputs
     if any(c is None for c in constants):
         raise RuntimeError("a constant of the graph has no CPU value")
@@ -251,15 +258,19 @@ def inputs(rounding: str, shape: tuple[int, ...], dtype: torch.dtype) -> dict[st
 
 
 def check(
-    fmt: Any, rounding: str, shape: tuple[int, ...], dtype: torch.dtype, inplace: bool
+    fmt: Any,
+    rounding: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    inplace: bool,
+    dynamic: bool = False,
 ) -> dict[str, int]:
     """Differing elements per input, interpreted CUDA kernels against eager CPU."""
     seed = torch.tensor(gpu_check.SEED) if rounding == "stochastic" else None
     found = {}
     for name, x in inputs(rounding, shape, dtype).items():
-        found[name] = differences(
-            interpreted(fmt, rounding, x, seed, inplace), reference(fmt, rounding, x, seed)
-        )
+        got = interpreted(fmt, rounding, x, seed, inplace, dynamic)
+        found[name] = differences(got, reference(fmt, rounding, x, seed))
     return found
 
 
@@ -283,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="4096", help="x's shape, e.g. 4096 or 3,333")
     parser.add_argument("--inplace", action="store_true", help="quantize_ (into x)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="x's dtype")
+    parser.add_argument(
+        "--dynamic", action="store_true", help="sizes symbolic, as qtorch compiles its kernels"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     from qtorch.cli.bench import FAMILIES, resolve_formats
@@ -296,9 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         for rounding in args.rounding:
             if rounding not in {r.value for r in fmt.roundings}:
                 continue
-            found = check(fmt, rounding, shape, DTYPES[args.dtype], args.inplace)
+            found = check(fmt, rounding, shape, DTYPES[args.dtype], args.inplace, args.dynamic)
             failed |= any(found.values())
-            what = f"{family} {rounding}{' in place' if args.inplace else ''}"
+            variant = (" in place" if args.inplace else "") + (" dynamic" if args.dynamic else "")
+            what = f"{family} {rounding}{variant}"
             words = ", ".join(
                 f"{k}: {'same bits' if not v else f'{v} differ'}" for k, v in found.items()
             )
@@ -310,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                     "inplace": args.inplace,
                     "dtype": args.dtype,
                     "shape": list(shape),
+                    "dynamic": args.dynamic,
                     "differ": found,
                 }
             )

@@ -149,10 +149,12 @@ def block_scale(
 
 
 def factors_in_kernel(x: torch.Tensor) -> bool:
-    """Whether the per-block factors of x's blocks are left inside the element kernel.
+    """Whether the per-block factors of x's blocks may be left inside the element kernel.
 
     On CUDA (True), Inductor fuses the block maxima, the factors and the element pass into
-    one Triton kernel that reads x once. On the CPU (False) the factors are stored once per
+    one Triton kernel that reads x once; MX and NVFP4 do so where their blocks fill the
+    dimension, and store the factors where the last block is padded (see
+    :mod:`qtorch.kernels.per_block`). On the CPU (False) the factors are stored once per
     block (:func:`qtorch.kernels.per_block.stored`): left inside, the element loop would
     recompute them for every vector of elements.
     """
@@ -198,7 +200,7 @@ def quantize_mx(
     # x / 2**e rounded once (exact unless it falls below the working dtype's normal range,
     # far below every element quantum). NaN blocks have a NaN scale: all NaN.
     factors: tuple[torch.Tensor, ...] = (1.0 / scale / low, scale, low)
-    if not factors_in_kernel(work):
+    if not (factors_in_kernel(work) and n % block_size == 0):
         factors = stored(*factors)
     down, up, low = (per_element(f, dim) for f in factors)
     if noise is not None:

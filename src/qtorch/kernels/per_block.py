@@ -14,9 +14,13 @@ and stochastic 0.97. NVFP4 stores its scales since its element pass runs on the
 since Inductor folds away a stack of one tensor, or of one tensor twice: stack it with a
 second tensor (NVFP4 its NaN flags; the noise's lane numbers a zero buffer).
 
-On CUDA, MX does not store its factors (:func:`qtorch.kernels.mx.quantize_mx`): there
-Inductor fuses the per-block maximum, the factors and the element pass into one Triton
-kernel that reads x once, where the stack makes three kernels that read it twice. On an
+On CUDA, MX does not store its factors where the blocks fill their dimension
+(:func:`qtorch.kernels.mx.quantize_mx`): there Inductor fuses the per-block maximum, the
+factors and the element pass into one Triton kernel that reads x once, where the stack
+makes three kernels that read it twice. Where the last block is padded it stores them: in
+one piece, a 1-D x of symbolic length failed to compile (``CantSplit`` in Inductor's
+Triton code generator, torch 2.13; found by benchmarks/cuda_interpret.py), and stored
+they make fewer kernels for 2-D x too (nearest 2 instead of 3). On an
 H200 (torch 2.11, 1e8 float32, compiled at 1,048,576 elements first; device-to-device
 copy 0.21 ms): MX nearest 0.45 → 0.28 ms, stochastic 0.51 → 0.34-0.37 ms, same bits
 (benchmarks/gpu_check.py). NVFP4 does the same on CUDA where the blocks fill their
