@@ -9,7 +9,7 @@ For each format family (the formats of ``qtorch bench``):
 2. nearest on an odd shape (no dimension a multiple of 16), 2-D and 1-D: compiled CUDA ==
    CPU eager;
    and nearest on exact ties (``exact_ties``: blocks whose NVFP4 quotients x / scale are
-   E2M1 midpoints; Triton's own ``/`` is within 2 ulp and moved such ties, which
+   E2M1 midpoints; Triton's own ``/`` is within 2 ulp and can move such ties, which
    ``qtorch.kernels.compiled_call.CONFIG`` now avoids), eager, compiled and in place;
 3. stochastic: with the same ``torch.manual_seed`` the compiled CUDA path gives the same
    result twice and the same as the eager CUDA path; and with one fixed seed (the seed a

@@ -113,8 +113,9 @@ def test_single_level_is_exactly_rounded() -> None:
 def test_exact_ties_of_the_scaled_values_round_to_even() -> None:
     """x / scale exactly at each E2M1 midpoint (0.25 ... 5): to the even code, as the
     reference says. The scale 0.9375 is E4M3 (1.875 * 2**-1), and 6 * 0.9375 the block's
-    maximum; Triton's own ``/`` (div.full.f32) gave 4.6875 / 0.9375 = 5.0000005, which
-    rounds to 6, so the compiled CUDA kernels divide with ``div_rn``."""
+    maximum; Triton's own ``/`` (div.full.f32) gave 4.6875 / 0.9375 = 5.0000005 in a
+    report on Triton's tracker, which would round to 6, so the compiled CUDA kernels divide
+    with ``div_rn``."""
     d = 0.9375
     ties = [5, -5, 2.5, 3.5, 0.25, 0.75, 1.25, 1.75, -2.5, -3.5, -0.25, -0.75, -1.25, -1.75]
     x = torch.tensor([6.0, *ties, 0.0]) * d

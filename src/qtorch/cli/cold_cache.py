@@ -26,9 +26,10 @@ FALLBACK_BYTES = 256 * 2**20
 def _parse_size(text: str) -> int | None:
     """``"32768K"`` / ``"32M"`` / ``"1024"`` (sysfs cache sizes) in bytes, None if unreadable."""
     text = text.strip().upper()
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
-    digits = text[:-1] if text[-1:] in "KMG" else text
-    return int(digits) * scale if digits.isdigit() else None
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    unit = text[-1:] if text[-1:] in units else ""
+    digits = text[: len(text) - len(unit)]
+    return int(digits) * units.get(unit, 1) if digits.isdigit() else None
 
 
 def largest_cache_bytes(device: torch.device) -> int | None:

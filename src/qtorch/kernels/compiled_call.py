@@ -52,11 +52,12 @@ _SOURCE = re.compile(r"L\['(x|seed)'\](?:\.size\(\)\[(\d+)\])?")
 #: ``eager_numerics`` (Triton only): float32 ``a / b`` is ``div_rn``, the correctly rounded
 #: division of the eager path and the CPU, where Triton's ``/`` is ``div.full.f32``
 #: (within 2 ulp, and 1 ulp off even where the quotient is exact: 4.6875 / 0.9375 gave
-#: 5.0000005). NVFP4 divides x by its block's E4M3 scale and rounds the quotient to FP4, so
-#: one ulp moves an exact tie: the block (5.625, 4.6875) has the scale 0.9375 and the
-#: quotient 5.0, which rounds to 4 (to even), and 5.0000005 to 6. ``disable_ftz``: the
-#: libdevice functions the kernels call (floor, nearbyint) keep subnormal arguments, as
-#: the eager path does, instead of flushing them to zero.
+#: 5.0000005 in a report on Triton's issue tracker; not seen here, without a GPU). NVFP4
+#: divides x by its block's E4M3 scale and rounds the quotient to FP4, so one ulp moves an
+#: exact tie: the block (5.625, 4.6875) has the scale 0.9375 and the quotient 5.0, which
+#: rounds to 4 (to even), and 5.0000005 to 6. ``disable_ftz``: the libdevice functions the
+#: kernels call (floor, nearbyint) keep subnormal arguments, as the eager path does,
+#: instead of flushing them to zero.
 CONFIG = {
     "cpp.dynamic_threads": True,
     "eager_numerics.division_rounding": True,
