@@ -274,14 +274,6 @@ def check(
     return found
 
 
-DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--formats", nargs="+", help="family names or format specs (bench's)")
@@ -293,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--shape", default="4096", help="x's shape, e.g. 4096 or 3,333")
     parser.add_argument("--inplace", action="store_true", help="quantize_ (into x)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="x's dtype")
+    parser.add_argument(
+        "--dtype", default="float32", choices=sorted(cuda_codegen.DTYPES), help="x's dtype"
+    )
     parser.add_argument(
         "--dynamic", action="store_true", help="sizes symbolic, as qtorch compiles its kernels"
     )
@@ -310,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         for rounding in args.rounding:
             if rounding not in {r.value for r in fmt.roundings}:
                 continue
-            found = check(fmt, rounding, shape, DTYPES[args.dtype], args.inplace, args.dynamic)
+            found = check(
+                fmt, rounding, shape, cuda_codegen.DTYPES[args.dtype], args.inplace, args.dynamic
+            )
             failed |= any(found.values())
             variant = (" in place" if args.inplace else "") + (" dynamic" if args.dynamic else "")
             what = f"{family} {rounding}{variant}"

@@ -299,7 +299,8 @@ def measure(
 
     ``cache``: "cold" evicts the data caches before every timed call
     (:class:`qtorch.cli.cold_cache.Evictor`), so that each one reads x from memory; "auto"
-    does so at the sizes :func:`cold_at` names; "warm" never.
+    does so where x and the reference's output take at least half the largest cache (every
+    size if that cache's size is unknown); "warm" never.
     """
     cases = [
         (family, fmt, rounding)
@@ -313,7 +314,8 @@ def measure(
         inputs[n] = (x, *_reference(x))
     if cache not in CACHE_STATES:
         raise ValueError(f"cache must be one of {', '.join(CACHE_STATES)}, got {cache!r}")
-    cold = {n: cache == "cold" or (cache == "auto" and cold_at(n, device)) for n in sizes}
+    start = _cold_from(cache, device)
+    cold = {n: start is not None and n >= start for n in sizes}
     evict = Evictor(device) if any(cold.values()) else None
     per_round = -(-repeats // rounds)
     timed: dict[tuple[str, int, int], Timing] = {}
@@ -352,13 +354,6 @@ def measure(
                         rows.append(_row(cases[i], n, device, inputs[n][1], timed, i, state))
                         print(format_row(rows[-1]), flush=True)
     return rows
-
-
-def cold_at(n: int, device: torch.device) -> bool:
-    """Whether "auto" times n float32 elements cold: x and the reference's output take at
-    least half the largest cache (or its size is unknown)."""
-    start = _cold_from("auto", device)
-    return start is not None and n >= start
 
 
 def _row(
@@ -449,7 +444,11 @@ def environment(device: torch.device, cache: str = "warm") -> dict[str, Any]:
 
 
 def _cold_from(cache: str, device: torch.device) -> int | None:
-    """The smallest size timed cold under ``cache`` ("auto", "cold" or "warm"); None: none."""
+    """The smallest size timed cold under ``cache`` ("auto", "cold" or "warm"); None: none.
+
+    "auto": x and the output of the reference, 8 bytes an element, fill at least half the
+    largest cache; every size where that size is unknown.
+    """
     if cache == "warm":
         return None
     largest = largest_cache_bytes(device)
