@@ -64,6 +64,31 @@ CONFIG = {
     "eager_numerics.disable_ftz": True,
 }
 
+
+def config_patches() -> dict[str, Any]:
+    """:data:`CONFIG` and ``cpp.simdlen``: the vector width of the instruction set Inductor
+    picks for the CPU's C++ (``ATEN_CPU_CAPABILITY`` included), unless one is set already.
+
+    Inductor's graph cache key holds its configuration but not that instruction set, so a
+    process that picks another one (``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 CPU, or
+    another machine sharing the cache directory) loaded kernels generated for the first and
+    built them for its own: garbage results, once a corrupted heap
+    (:mod:`qtorch.kernels.verify`). With the width in the configuration each instruction
+    set has its own cache entries, and the kernel's code is what it was: the first
+    instruction set of that width, which is the one picked.
+    """
+    from torch._inductor import config
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    if config.cpp.simdlen is not None:
+        return CONFIG
+    try:
+        width = pick_vec_isa().bit_width()
+    except Exception:  # an unknown platform: Inductor's own choice, unkeyed
+        return CONFIG
+    return {**CONFIG, "cpp.simdlen": width} if width else CONFIG
+
+
 #: Shapes remembered per kernel; a kernel that sees more starts again (they are only a
 #: shortcut past Dynamo's guards, which the next call of each shape runs again).
 MAX_SHAPES = 4096
@@ -135,7 +160,8 @@ class Capture:
         from torch._inductor.compile_fx import compile_fx
 
         # a callable here (the str / list / Weights results are for ahead-of-time mode)
-        fn = cast(Callable[..., Any], compile_fx(gm, example_inputs, config_patches=CONFIG))
+        patches = config_patches()
+        fn = cast(Callable[..., Any], compile_fx(gm, example_inputs, config_patches=patches))
         captured = plan(gm, fn)
         self.graphs.append(captured)
         if captured is None:

@@ -57,7 +57,10 @@ avoids the known traps:
   concurrently.
 * **Failures.** If compiling fails (no C++ compiler, no Triton, an unsupported op), the
   eager reference runs instead; the first failure in the process warns once
-  (:class:`CompileFallbackWarning`) and the failing key is never tried again.
+  (:class:`CompileFallbackWarning`) and the failing key is never tried again. A CPU
+  kernel is compiled on a probe of the call's shape and must give the eager reference's
+  bits there before it serves a call (:mod:`qtorch.kernels.verify`: GCC 12.2 miscompiles
+  Inductor's AVX2 code on an AVX-512 CPU); one that does not is a failure too.
 * **Randomness.** Stochastic noise is made inside the kernel: :func:`qtorch.quantize` draws
   one int64 seed per call from the torch generator (a 0-d tensor on x's device, no host
   sync) and passes it as a kernel input, so a new seed never recompiles; the kernel computes
@@ -96,6 +99,7 @@ import torch
 
 from qtorch.formats.base import Format
 from qtorch.kernel_mode import get_kernel_mode
+from qtorch.kernels import verify
 from qtorch.kernels.compiled_call import (
     DIRECT,
     Capture,
@@ -451,6 +455,11 @@ def quantize_compiled(
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         kern = _make_kernel(fmt, rounding, x.dtype, write_into_arg, rows)
+                        if _device_type(x) in verify.DEVICES:
+                            # compiled on a probe of arg's shape, checked against eager
+                            probe = verify.probe_like(arg)
+                            _mark_dynamic(probe, arg.dim() - 1 if rows else None)
+                            verify.check(kern, probe, fmt, rounding, seed, write_into_arg)
                         out = kern(arg, seed)
                     with _lock:
                         _cache[key] = kern
