@@ -8,6 +8,7 @@ miscompiles on an AVX-512 CPU (qtorch.kernels.verify).
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import warnings
 from collections.abc import Callable
@@ -113,21 +114,42 @@ def _avx2_on_x86() -> bool:
     return any(isa.bit_width() == 256 for isa in valid_vec_isa_list())
 
 
+@dataclasses.dataclass(frozen=True)
+class _OneAtMost(qtorch.Format):
+    """A test format: |x| >= 1 becomes ±1, by an integer ``>=`` on the bit pattern (the
+    comparison that GCC 12.2 gets wrong in AVX2 code built with AVX-512 flags)."""
+
+    def quantize_kernel(
+        self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        bits = x.view(torch.int32)
+        one = (bits & -0x80000000) | 0x3F800000  # ±1.0 with x's sign
+        return torch.where(bits & 0x7FFFFFFF >= 0x3F800000, one, bits).view(torch.float32)
+
+
 @pytest.mark.skipif(not _avx2_on_x86(), reason="needs an x86 CPU with AVX2")
 @pytest.mark.usefixtures("fresh_fused")
-def test_posits_compiled_for_avx2_give_the_eager_bits() -> None:
-    """With AVX2 kernels, GCC 12.2 on an AVX-512 CPU made every posit NaN; qtorch must give
-    the eager bits all the same (here through the fallback, elsewhere compiled)."""
+def test_kernels_compiled_for_avx2_give_the_eager_bits() -> None:
+    """AVX2 kernels of an integer ``>=`` came out inverted with GCC 12.2 on an AVX-512 CPU:
+    qtorch gives the eager bits all the same (there through the fallback); posits, written
+    without that comparison, stay compiled."""
     from torch._inductor import config
 
-    fmt = family_format("posit(8,2)")
     x = random_float32(4099, seed=5).view(1, 4099)
-    expected = _eager(x, fmt, "nearest")
-    avx2 = config.patch({"cpp.simdlen": 256})
-    with avx2, qtorch.kernel_mode("compiled"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", fused.CompileFallbackWarning)
-        got = qtorch.quantize(x, fmt)
+    clamp = _OneAtMost()
+    expected = _eager(x, clamp, "nearest")
+    assert bits_equal(expected[x.abs() < 1], x[x.abs() < 1])
+    assert bits_equal(expected[x.abs() >= 1], torch.sign(x[x.abs() >= 1]))
+    posit = family_format("posit(8,2)")
+    expected_posit = _eager(x, posit, "nearest")
+    with config.patch({"cpp.simdlen": 256}), qtorch.kernel_mode("compiled"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fused.CompileFallbackWarning)
+            got = qtorch.quantize(x, clamp)
+        got_posit = qtorch.quantize(x, posit)  # no warning (they are errors here)
     assert bits_equal(got, expected)
+    assert bits_equal(got_posit, expected_posit)
+    assert not any(key[0] == posit for key in fused._broken)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])

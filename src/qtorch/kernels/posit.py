@@ -212,8 +212,10 @@ def _signed_with_specials(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     quiet_nan = infinity | (1 << (lay.mantissa_bits - 1))
     if compiled_without_graph(x):
         # the same bits by comparisons and bit operations, which fuse into a few vector
-        # instructions (the integer multiplications below are slow ones)
-        signed = torch.where(magnitude >= infinity, quiet_nan, q.view(lay.int_dtype))
+        # instructions (the integer multiplications below are slow ones). ``>`` and not
+        # ``>=``: GCC 12.2 swaps the blend of an inverted integer mask in AVX2 code built
+        # with AVX-512 flags (qtorch.kernels.verify), and ATen's AVX2 ``>=`` is ``~(<)``.
+        signed = torch.where(magnitude > infinity - 1, quiet_nan, q.view(lay.int_dtype))
         signed = signed | (bits & ~lay.magnitude_mask)
         return torch.where(magnitude == 0, 0, signed).view(x.dtype)
     nonzero = magnitude.clamp(max=1)

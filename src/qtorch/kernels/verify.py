@@ -6,11 +6,12 @@ can hand back a kernel that computes something else, silently:
 
 * **A compiler's wrong code.** GCC 12.2 (Debian 12) compiles Inductor's AVX2 kernels wrongly
   on a CPU with AVX-512: ``-march=native`` adds AVX-512VL and BW to the AVX2 flags, and GCC
-  then turns ``blendv(a, b, ~(c > a))`` (ATen's AVX2 ``where`` on an integer ``>=``, ``<=``
-  or ``!=``) into a blend with its operands swapped, so the mask acts inverted. Inductor
-  uses AVX2 there when told to (``ATEN_CPU_CAPABILITY=avx2``, or ``cpp.simdlen = 256``); every
-  posit came out NaN (posit(8,2), (16,1) and (32,2), both roundings, on 131,072 of 131,072
-  inputs), while the other families gave the same bits.
+  then turns ``blendv(a, b, ~(c > a))`` (ATen's AVX2 ``where`` of integers on an integer
+  ``>=``, ``<=`` or ``!=``) into a blend with its operands swapped, so the mask acts
+  inverted. Inductor uses AVX2 there when told to (``ATEN_CPU_CAPABILITY=avx2``, or
+  ``cpp.simdlen = 256``); every posit came out NaN (posit(8,2), (16,1) and (32,2), both
+  roundings, on 131,072 of 131,072 inputs; their specials test is now a ``>``), while the
+  other families gave the same bits.
 * **A cached kernel built for another instruction set.** Inductor's graph cache key does
   not hold the instruction set its C++ was generated for: after a run with
   ``ATEN_CPU_CAPABILITY=avx2``, a run without it loaded the AVX2 kernels' source and built
