@@ -160,18 +160,17 @@ def check(
     fmt: Format,
     rounding: Rounding,
     seed: torch.Tensor | None,
-    writes_into_arg: bool,
 ) -> None:
     """Run ``kernel(probe, seed)`` and compare with the eager reference on the probe.
 
-    ``kernel`` returns the result, or (``writes_into_arg``) writes it into ``probe``. The
+    ``kernel`` returns the result, or writes it into ``probe`` and returns None. The
     eager reference runs first, on all of the probe or on its two ends (:func:`_expected`).
     Raises :class:`MiscompiledKernel` when any compared element's bits differ (NaN
     payloads aside).
     """
     expected = _expected(probe, fmt, rounding, seed)
     out = kernel(probe, seed)
-    got = (probe if writes_into_arg or out is None else out).reshape(-1)
+    got = (probe if out is None else out).reshape(-1)
     bad = sum(_differ(want, got[a:b]) for a, b, want in expected)
     if bad:
         compared = sum(b - a for a, b, _ in expected)
