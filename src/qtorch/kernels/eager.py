@@ -75,20 +75,38 @@ def run(
     flat = x.reshape(-1)  # a view when x is contiguous
     writes_x = inplace and flat.data_ptr() == x.data_ptr() and x.is_contiguous()
     out = flat if writes_x else torch.empty_like(flat)
-    rest = plan.unit[1:]
-    size = math.prod(rest)  # elements per unit
-    step = max(CHUNK // size, 1) * size  # whole units per piece
+    step = piece_length(plan, CHUNK)
     for start in range(0, flat.numel(), step):
         stop = min(start + step, flat.numel())
-        piece = flat[start:stop].view(-1, *rest).to(dtype)
-        noise = None
-        if seed is not None:
-            noise = uniform_range(seed, start, stop, dtype).view(piece.shape)
         # Each piece reads only its own elements before they are written, so writing into x
         # (in place) is safe.
-        out[start:stop] = plan.kernel(piece, rounding, noise).reshape(-1)
+        out[start:stop] = round_piece(flat, start, stop, plan, rounding, seed, dtype)
     if writes_x:
         return x
     if inplace:
         return x.copy_(out.view(x.shape))
     return out.view(x.shape)
+
+
+def piece_length(plan: EagerPieces, chunk: int) -> int:
+    """Elements per piece: whole units of ``plan``, about ``chunk`` of them (one unit at least)."""
+    size = math.prod(plan.unit[1:])  # elements per unit
+    return max(chunk // size, 1) * size
+
+
+def round_piece(
+    flat: torch.Tensor,
+    start: int,
+    stop: int,
+    plan: EagerPieces,
+    rounding: Rounding,
+    seed: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The result for ``flat[start:stop]`` (whole units of ``plan``) of the flat tensor that
+    ``plan`` was made for, in the working ``dtype``, flat, with the noise of those indices."""
+    piece = flat[start:stop].view(-1, *plan.unit[1:]).to(dtype)
+    noise = None
+    if seed is not None:
+        noise = uniform_range(seed, start, stop, dtype).view(piece.shape)
+    return plan.kernel(piece, rounding, noise).reshape(-1)

@@ -445,22 +445,24 @@ def quantize_compiled(
             with _compile_lock:
                 kern = _cache.get(key)  # another thread may have compiled it meanwhile
                 if kern is None:
-                    # Only the compile needs the marks (on a view: x itself is not marked):
-                    # the graph it makes has symbolic sizes, and later inputs of any size
-                    # (unmarked) match it without recompiling.
-                    arg = arg.view(arg.shape)
-                    _mark_dynamic(arg, arg.dim() - 1 if rows else None)
+                    # The first call compiles, on a tensor of arg's shape with its sizes
+                    # marked (not x itself): the graph it makes has symbolic sizes, and
+                    # later inputs of any size (unmarked) match it without recompiling. On
+                    # the CPU that tensor is a probe, on which the kernel must give the
+                    # eager bits (qtorch.kernels.verify); elsewhere a view of arg.
+                    verifying = _device_type(x) in verify.DEVICES
+                    first = verify.probe_like(arg) if verifying else arg.view(arg.shape)
+                    _mark_dynamic(first, arg.dim() - 1 if rows else None)
                     # Inductor's own deprecation notices are not the user's business (and
                     # under ``-W error`` they would make every compile fail).
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         kern = _make_kernel(fmt, rounding, x.dtype, write_into_arg, rows)
-                        if _device_type(x) in verify.DEVICES:
-                            # compiled on a probe of arg's shape, checked against eager
-                            probe = verify.probe_like(arg)
-                            _mark_dynamic(probe, arg.dim() - 1 if rows else None)
-                            verify.check(kern, probe, fmt, rounding, seed)
-                        out = kern(arg, seed)
+                        if verifying:
+                            verify.check(kern, first, fmt, rounding, seed)
+                            out = kern(arg, seed)
+                        else:
+                            out = kern(first, seed)
                     with _lock:
                         _cache[key] = kern
                 else:

@@ -49,9 +49,8 @@ from collections.abc import Callable
 import torch
 
 from qtorch.formats.base import Format
-from qtorch.kernels.eager import CHUNK
+from qtorch.kernels.eager import CHUNK, piece_length, round_piece
 from qtorch.kernels.eager import run as eager_run
-from qtorch.kernels.noise import uniform_range
 from qtorch.rounding import Rounding
 
 __all__ = ["COMPARED", "DEVICES", "PATTERN", "MiscompiledKernel", "check", "probe_like"]
@@ -136,18 +135,12 @@ def _expected(
     n = probe.numel()
     plan = fmt.eager_pieces(probe, work, CHUNK) if n > 2 * COMPARED else None
     if plan is not None:
-        rest = plan.unit[1:]
-        size = math.prod(rest)  # elements per unit
-        step = max(COMPARED // size, 1) * size  # whole units
+        step = piece_length(plan, COMPARED)
         if 2 * step < n:
             flat = probe.view(-1)
             spans = []
             for start in (0, n - step):  # n is a whole number of units
-                piece = flat[start : start + step].view(-1, *rest).to(work)
-                noise = None
-                if seed is not None:
-                    noise = uniform_range(seed, start, start + step, work).view(piece.shape)
-                q = plan.kernel(piece, rounding, noise).reshape(-1)
+                q = round_piece(flat, start, start + step, plan, rounding, seed, work)
                 # a new tensor, never the probe itself (which the kernel may write into)
                 spans.append((start, start + step, q.to(probe.dtype, copy=True)))
             return spans
