@@ -14,7 +14,8 @@ faster) and whether the two give the same bits. By default one thread and CPU ti
     python benchmarks/ab.py --base HEAD~1 --api --threads 2 --timer wall  # qtorch.quantize
 
 ``--api`` times the whole ``quantize`` call in "compiled" mode (dispatch, the call into the
-compiled kernel, the result) instead of the bare kernel.
+compiled kernel, the result) instead of the bare kernel; ``--api --eager`` in "eager" mode
+(the eager path as users run it: in pieces where it splits the tensor).
 """
 
 from __future__ import annotations
@@ -82,13 +83,15 @@ def kernel(
     return torch.compile(run, fullgraph=True, dynamic=False) if compiled else run
 
 
-def api(package: ModuleType, spec: str, rounding: str) -> Callable[..., torch.Tensor]:
-    """``package.quantize`` for one format and rounding, in the package's "compiled" mode."""
+def api(
+    package: ModuleType, spec: str, rounding: str, mode: str = "compiled"
+) -> Callable[..., torch.Tensor]:
+    """``package.quantize`` for one format and rounding, in the package's kernel ``mode``."""
     fmt = package.format_from_string(spec)
-    package.set_kernel_mode("compiled")
 
     def run(x: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-        return package.quantize(x, fmt, rounding)  # type: ignore[no-any-return]
+        with package.kernel_mode(mode):
+            return package.quantize(x, fmt, rounding)  # type: ignore[no-any-return]
 
     return run
 
@@ -137,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timer", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--eager", action="store_true", help="time the eager kernels")
-    parser.add_argument("--api", action="store_true", help="time qtorch.quantize (compiled mode)")
+    parser.add_argument(
+        "--api", action="store_true", help="time qtorch.quantize (compiled; eager with --eager)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     clock = time.thread_time if args.timer == "cpu" else time.perf_counter
@@ -149,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"new=working tree base={args.base} size={args.size} float32 threads={args.threads} "
             f"timer={args.timer} "
-            f"path={'api' if args.api else 'eager' if args.eager else 'compiled'} "
+            f"path={'api ' if args.api else ''}{'eager' if args.eager else 'compiled'} "
             f"pairs={args.pairs}"
         )
         print(f"{'format':<40} {'rounding':<10} {'same bits':<9} new/base median [quartiles]")
@@ -157,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             spec = _spec(name)
             for rounding in roundings:
                 if args.api:
-                    new, old = api(qtorch, spec, rounding), api(base_pkg, spec, rounding)
+                    mode = "eager" if args.eager else "compiled"
+                    new = api(qtorch, spec, rounding, mode)
+                    old = api(base_pkg, spec, rounding, mode)
                 else:
                     new = kernel(qtorch, spec, rounding, not args.eager)
                     old = kernel(base_pkg, spec, rounding, not args.eager)

@@ -216,6 +216,9 @@ _LARGE = [
     ("block(8,0)", (1031, 131)),  # pieces of whole rows
     ("block(8)", (1031, 131)),  # one block: the maximum of the whole probe, then pieces
     ("mxfp8_e4m3", (1031, 160)),  # rows of blocks
+    ("mxfp8_e4m3", (2 * verify.COMPARED + 4099,)),  # 1-D: whole blocks, the last one padded
+    ("nvfp4", (2 * verify.COMPARED + 4099,)),
+    ("mx(float8_e4m3fn, 32, 0)", (4099, 33)),  # down the columns: whole groups of 32 rows
 ]
 
 

@@ -19,13 +19,16 @@ class EagerPieces(NamedTuple):
     """How the eager path may round a large tensor in pieces (:meth:`Format.eager_pieces`).
 
     ``unit`` is ``(1, *rest)``: the tensor's elements in row-major order, viewed as
-    ``(-1, *rest)`` and cut along the first dimension, give pieces for which
-    ``kernel(piece, rounding, noise)`` (the piece in the working dtype, its noise the slice
-    of the tensor's) returns the tensor's result for those elements.
+    ``(-1, *rest)`` and cut along the first dimension at multiples of ``align`` units, give
+    pieces for which ``kernel(piece, rounding, noise)`` (the piece in the working dtype, its
+    noise the slice of the tensor's) returns the tensor's result for those elements. With
+    ``align`` > 1 the tensor need not hold a whole number of them: the last piece may end
+    inside one (MX's and NVFP4's blocks along a 1-D tensor, the last one padded).
     """
 
     unit: tuple[int, ...]
     kernel: Callable[[torch.Tensor, Rounding, torch.Tensor | None], torch.Tensor]
+    align: int = 1
 
 
 class Format(abc.ABC):

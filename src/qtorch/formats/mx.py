@@ -163,9 +163,12 @@ class MX(Format):
         return kernel.normalize_dim(self.dim, x.dim(), "MX")
 
     def eager_pieces(self, x: torch.Tensor, dtype: torch.dtype, chunk: int) -> EagerPieces | None:
-        """Whole rows, where the blocks run along the last of two or more dimensions."""
-        unit = kernel.row_unit(x.shape, self.dim, "MX")
-        return None if unit is None else EagerPieces(unit, self.quantize_kernel)
+        """Pieces of whole blocks (:func:`qtorch.kernels.mx.piece_layout`): whole rows where
+        the blocks run along the last dimension."""
+        if x.dim() == 0:
+            return None
+        unit, align = kernel.piece_layout(x.shape, self.block_size, self.dim, "MX")
+        return EagerPieces(unit, self.quantize_kernel, align)
 
     def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
         """The blocks' layout, when they run along the last dimension and fill it."""

@@ -126,13 +126,14 @@ class NVFP4(Format):
         return kernel.normalize_dim(self.dim, x.dim(), "NVFP4")
 
     def eager_pieces(self, x: torch.Tensor, dtype: torch.dtype, chunk: int) -> EagerPieces | None:
-        """Whole rows, where the blocks run along the last of two or more dimensions (an
-        ``"amax"`` tensor scale is taken first, piece by piece)."""
-        unit = kernel.row_unit(x.shape, self.dim, "NVFP4")
-        if unit is None:
+        """Pieces of whole blocks (:func:`qtorch.kernels.mx.piece_layout`): whole rows where
+        the blocks run along the last dimension (an ``"amax"`` tensor scale is taken first,
+        piece by piece)."""
+        if x.dim() == 0:
             return None
+        unit, align = kernel.piece_layout(x.shape, self.block_size, self.dim, "NVFP4")
         if self.tensor_scale != DYNAMIC:
-            return EagerPieces(unit, self.quantize_kernel)
+            return EagerPieces(unit, self.quantize_kernel, align)
         largest = torch.stack([kernel.finite_amax(p) for p in pieces_of(x, dtype, chunk)])
         g = kernel.tensor_scale_from_max(largest.amax())
 
@@ -141,7 +142,7 @@ class NVFP4(Format):
         ) -> torch.Tensor:
             return self._quantize(piece, rounding, noise, g)
 
-        return EagerPieces(unit, scaled)
+        return EagerPieces(unit, scaled, align)
 
     def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
         """The blocks' layout, when they run along the last dimension and fill it."""

@@ -9,16 +9,15 @@ by the allocator: 15–17 ms and 9–10 ms (2 threads; the posit kernel, rid of 
 masks since, now takes 11–13 ms). The result is bit for bit the same, because each piece
 holds whole runs that the format rounds independently of the rest, given what they share
 (:meth:`qtorch.formats.base.Format.eager_pieces`: single elements for elementwise formats,
-rows for MX and NVFP4 with blocks along the last dimension, the slices ``x[i]`` for block
-floating point with ``dim=0``; any pieces for block floating point's one block and NVFP4's
-``"amax"`` tensor scale, once the tensor's maximum is taken piece by piece), and the noise
-of every piece is the slice of the whole tensor's noise
-(:func:`qtorch.kernels.noise.uniform_range`).
+whole blocks for MX and NVFP4 (:func:`qtorch.kernels.mx.piece_layout`: rows where the
+blocks run along the last dimension), the slices ``x[i]`` for block floating point with
+``dim=0``; any pieces for block floating point's one block and NVFP4's ``"amax"`` tensor
+scale, once the tensor's maximum is taken piece by piece), and the noise of every piece is
+the slice of the whole tensor's noise (:func:`qtorch.kernels.noise.uniform_range`).
 
-Not split: blocks along other dimensions, 1-D tensors of MX and NVFP4 (one row), tensors
-on other devices (their allocators cache blocks), tensors that need an autograd graph, and
-code being traced by ``torch.compile`` (the user's compiler should see whole-tensor
-operations).
+Not split: block floating point with blocks along another dimension, tensors on other
+devices (their allocators cache blocks), tensors that need an autograd graph, and code
+being traced by ``torch.compile`` (the user's compiler should see whole-tensor operations).
 """
 
 from __future__ import annotations
@@ -89,8 +88,9 @@ def run(
 
 
 def piece_length(plan: EagerPieces, chunk: int) -> int:
-    """Elements per piece: whole units of ``plan``, about ``chunk`` of them (one unit at least)."""
-    size = math.prod(plan.unit[1:])  # elements per unit
+    """Elements per piece: a multiple of ``plan.align`` units, about ``chunk`` elements (one
+    such multiple at least)."""
+    size = math.prod(plan.unit[1:]) * plan.align  # elements between two cuts
     return max(chunk // size, 1) * size
 
 
@@ -103,8 +103,9 @@ def round_piece(
     seed: torch.Tensor | None,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """The result for ``flat[start:stop]`` (whole units of ``plan``) of the flat tensor that
-    ``plan`` was made for, in the working ``dtype``, flat, with the noise of those indices."""
+    """The result for ``flat[start:stop]`` of the flat tensor that ``plan`` was made for, in
+    the working ``dtype``, flat, with the noise of those indices. ``start`` is a cut of
+    ``plan`` (a multiple of its ``align`` units), and so is ``stop`` unless it is the end."""
     piece = flat[start:stop].view(-1, *plan.unit[1:]).to(dtype)
     noise = None
     if seed is not None:

@@ -84,15 +84,23 @@ def noise_layout(
     return tuple(shape), None
 
 
-def row_unit(shape: Sequence[int], dim: int, caller: str) -> tuple[int, ...] | None:
-    """For :meth:`qtorch.formats.base.Format.eager_pieces` of a format with blocks along
-    ``dim``: one row, ``(1, ..., 1, shape[-1])`` with ``len(shape)`` dimensions (so that
-    ``dim`` means the same), when ``dim`` is the last of two or more dimensions; otherwise
-    ``None`` (a 1-D tensor is one row).
+def piece_layout(
+    shape: Sequence[int], block_size: int, dim: int, caller: str
+) -> tuple[tuple[int, ...], int]:
+    """For :meth:`qtorch.formats.base.Format.eager_pieces` of a format with blocks of
+    ``block_size`` along ``dim``: ``(unit, align)`` of
+    :class:`~qtorch.formats.base.EagerPieces`, with ``len(shape)`` dimensions in ``unit``
+    (so that ``dim`` means the same in a piece).
+
+    ``dim`` 0 (a 1-D tensor too): the slices ``x[i]``, cut at whole blocks
+    (``align = block_size``); the last piece ends with the tensor's last block, padded as in
+    the whole tensor. A later ``dim``: the sub-tensors that hold whole columns along it,
+    ``x[i0, ..., i(dim-1)]`` (rows, where ``dim`` is the last).
     """
-    if len(shape) >= 2 and normalize_dim(dim, len(shape), caller) == len(shape) - 1:
-        return (*([1] * (len(shape) - 1)), shape[-1])
-    return None
+    d = normalize_dim(dim, len(shape), caller)
+    if d == 0:
+        return (1, *shape[1:]), block_size
+    return (*([1] * d), *shape[d:]), 1
 
 
 def from_blocks(blocked: torch.Tensor, dim: int, length: int) -> torch.Tensor:

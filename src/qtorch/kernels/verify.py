@@ -34,8 +34,9 @@ symbolic) is the one the call then runs. A large probe is compared at its two en
 vector loop's body and its masked tail) where the eager path can round it in pieces, and
 whole otherwise. Measured first calls, compile included, 2 threads, cache warm: at
 4,194,304 float32 no difference in the noise (posit(8,2) nearest 3.73-3.76 s either way);
-at 1e8, posit(8,2) 4.5 s against 3.9 s, block(8) 4.7 against 3.9 s, and MX on a 1-D
-tensor (one row, rounded whole) 10.0 against 4.1 s. CUDA kernels are not probed: Triton
+at 1e8, posit(8,2) 4.5 s against 3.9 s, block(8) 4.7 against 3.9 s, MX E4M3 on a 1-D
+tensor 5.3-5.6 against 4.2-4.6 s (10.0 s while the eager path rounded 1-D MX whole), NVFP4
+5.1-7.6 against 4.2 s. CUDA kernels are not probed: Triton
 brings its own compiler, and the eager probe of a large CUDA tensor would need full-size
 temporaries on the device.
 """
@@ -138,11 +139,12 @@ def _expected(
         step = piece_length(plan, COMPARED)
         if 2 * step < n:
             flat = probe.view(-1)
+            cut = math.prod(plan.unit[1:]) * plan.align  # pieces start at multiples of cut
             spans = []
-            for start in (0, n - step):  # n is a whole number of units
-                q = round_piece(flat, start, start + step, plan, rounding, seed, work)
+            for start, stop in ((0, step), ((n - step) // cut * cut, n)):
+                q = round_piece(flat, start, stop, plan, rounding, seed, work)
                 # a new tensor, never the probe itself (which the kernel may write into)
-                spans.append((start, start + step, q.to(probe.dtype, copy=True)))
+                spans.append((start, stop, q.to(probe.dtype, copy=True)))
             return spans
     return [(0, n, eager_run(probe, fmt, rounding, seed, work, inplace=False).reshape(-1))]
 
