@@ -273,8 +273,9 @@ def test_copysign_is_torch_copysign_bit_for_bit(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_flip_sign_is_a_negation_where_x_is_negative(dtype: torch.dtype) -> None:
-    """Both forms (the CPU's where, the other devices' bit operations) against
-    ``where(torch.signbit(x), torch.neg(v), v)``, bit for bit: zeros and NaN flip too."""
+    """Both forms (the select, for an autograd graph and compiled CPU code; the bit
+    operations otherwise) against ``where(torch.signbit(x), torch.neg(v), v)``, bit for bit:
+    zeros and NaN flip too."""
     lay = layout(dtype)
     specials = torch.cat([SPECIALS_F32, -SPECIALS_F32]).to(dtype)
     v = torch.cat([_random_bits(3000, dtype, seed=7), specials.repeat_interleave(len(specials))])
@@ -282,6 +283,13 @@ def test_flip_sign_is_a_negation_where_x_is_negative(dtype: torch.dtype) -> None
     want = torch.where(torch.signbit(x), torch.neg(v), v).view(lay.int_dtype)
     assert torch.equal(flip_sign(v, x).view(lay.int_dtype), want)
     assert torch.equal(flip_sign_bits(v, x.view(lay.int_dtype)).view(lay.int_dtype), want)
+    # with a graph to build: the select, which keeps v in it (gradient ±1)
+    w = v.clone().requires_grad_()
+    flipped = flip_sign(w, x)
+    assert torch.equal(flipped.detach().view(lay.int_dtype), want)
+    flipped.sum().backward()
+    assert w.grad is not None
+    assert torch.equal(w.grad, torch.where(torch.signbit(x), -1.0, 1.0).to(dtype))
     zero = torch.zeros(1, dtype=dtype)
     assert torch.signbit(flip_sign_bits(zero, torch.tensor([-1], dtype=lay.int_dtype))).item()
 

@@ -87,16 +87,25 @@ def compiled_without_graph(*tensors: torch.Tensor) -> bool:
 def flip_sign(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """v with its sign bit flipped where x's sign bit is set: ``where(signbit(x), -v, v)``.
 
-    Zeros and NaN flip too, on every backend. On the CPU it is that ``where`` (unary minus
-    flips the sign bit there); elsewhere it works on the bit patterns (an AND and an XOR),
-    because Triton (3.6) compiles unary minus on floats as ``0 - v``, which turns +0 into
-    +0: the compiled CUDA kernels gave +0 where the eager path gave -0 (found by
-    benchmarks/gpu_check.py). On the CPU the bit form cost codebook stochastic 2-3 % (A/B).
-    x may be the int view of the sign's source (its own sign bit is read).
+    Zeros and NaN flip too, on every backend. x may be the int view of the sign's source
+    (its own sign bit is read). The form depends on where it runs, the bits do not:
+
+    * compiled for the CPU: that ``where`` (the bit form cost codebook stochastic 2-3 %, A/B);
+    * compiled for other devices: the bit patterns (an AND and an XOR), because Triton (3.6)
+      compiles unary minus on floats as ``0 - v``, which turns +0 into +0: the compiled CUDA
+      kernels gave +0 where the eager path gave -0 (found by benchmarks/gpu_check.py);
+    * eager, building an autograd graph for v: the ``where`` (it keeps v in the graph, and
+      eager negation flips the sign bit on every device);
+    * eager otherwise: the bit patterns. An eager boolean select costs far more than two
+      integer operations on the CPU (2**18 float32, 2 threads: 595 against 48 us).
     """
     lay = layout(v.dtype)
     bits = x if x.dtype == lay.int_dtype else x.view(lay.int_dtype)
-    if v.device.type == "cpu":
+    if torch.compiler.is_compiling():
+        select = v.device.type == "cpu"
+    else:
+        select = v.requires_grad and torch.is_grad_enabled()
+    if select:
         return torch.where(bits < 0, -v, v)
     return flip_sign_bits(v, bits)
 
