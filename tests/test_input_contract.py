@@ -8,9 +8,11 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from edge_cases import bits_equal
+from edge_cases import SPECIALS_F32, bits_equal
 
+import qtorch
 from qtorch import BlockFloatingPoint, FixedPoint, FloatingPoint, Format, quantize
+from qtorch.cli.bench import family_format
 from qtorch.formats.parse import format_from_string
 from qtorch.quant import block_quantize, fixed_point_quantize, float_quantize
 from qtorch.rounding import Rounding
@@ -180,3 +182,50 @@ def test_accepted_roundings_are_checked_on_every_call() -> None:
             quantize(x, "fixed(8,4)", rounding)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="rounding must be one of"):
         quantize(x, FixedPoint(8, 4), ["nearest"])  # type: ignore[arg-type]
+
+
+#: One format of each family, and the IEEE-style layouts with and without Inf.
+GRAPH_FORMATS = ["fixed", "float", "float8_e4m3fn", "block", "posit", "codebook16"]
+GRAPH_FORMATS += ["codebook256", "mx", "nvfp4"]
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("name", GRAPH_FORMATS)
+def test_a_tensor_that_requires_grad_gets_a_zero_gradient(name: str, rounding: str) -> None:
+    """The result is in x's graph, with the bits of the same call without one, and its
+    gradient is exactly zero (rounding is a step function). The eager operations gave
+    float nearest no graph, float(5,2) stochastic a NaN gradient, and fixed point
+    stochastic an error in the backward pass."""
+    fmt = family_format(name)
+    x = torch.cat([SPECIALS_F32, torch.randn(3000, generator=torch.Generator().manual_seed(5))])
+    leaf = (x * 4).requires_grad_()
+    with qtorch.kernel_mode("eager"):
+        torch.manual_seed(9)
+        q = quantize(leaf, fmt, rounding)
+        torch.manual_seed(9)
+        with torch.no_grad():
+            want = quantize(leaf, fmt, rounding)
+    assert q.requires_grad and q.grad_fn is not None
+    assert bits_equal(q.detach(), want)
+    (q * torch.arange(len(x), dtype=x.dtype)).sum().backward()
+    assert leaf.grad is not None and torch.equal(leaf.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("name", ["fixed", "float", "codebook16", "mx"])
+def test_in_place_in_a_graph_gives_a_zero_gradient(name: str, rounding: str) -> None:
+    fmt = family_format(name)
+    x = torch.cat([SPECIALS_F32, torch.randn(3000, generator=torch.Generator().manual_seed(6))])
+    leaf = x.clone().requires_grad_()
+    with qtorch.kernel_mode("eager"):
+        torch.manual_seed(9)
+        with torch.no_grad():
+            want = quantize(x * 4, fmt, rounding)
+        y = leaf * 4
+        torch.manual_seed(9)
+        assert qtorch.quantize_(y, fmt, rounding) is y
+        assert bits_equal(y.detach(), want)
+        y.sum().backward()
+        assert leaf.grad is not None and torch.equal(leaf.grad, torch.zeros_like(x))
+        with pytest.raises(RuntimeError, match="leaf Variable"):
+            qtorch.quantize_(leaf, fmt, rounding)

@@ -69,11 +69,37 @@ def quantize(
     For float16/bfloat16 inputs the rounded float32 value is cast back to x's dtype.
     The work runs as one fused compiled kernel or as the eager reference, as
     :func:`qtorch.set_kernel_mode` says; both give bit-identical results.
+
+    Autograd: for an x that requires grad (with grad mode on) the result is in x's graph
+    and its gradient is zero, the derivative of a step function, for every format and
+    rounding (:func:`zero_gradient`). Straight-through gradients are
+    :func:`qtorch.quant.quantizer`'s.
     """
+    if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
+        with torch.no_grad():
+            q = quantize(x, fmt, rounding, generator)
+        return zero_gradient(x, q)
     out = fused.run_planned(x, fmt, rounding, generator, False)
     if out is not None:
         return out
     return _dispatch(x, fmt, rounding, generator, inplace=False, caller="quantize")
+
+
+def zero_gradient(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """q's values (bit for bit) in x's autograd graph, with gradient and tangent zero.
+
+    A select that never picks x: ``where(False, x, q)``, a plain operation, so backward and
+    forward mode, ``torch.func`` and ``torch.compile`` all see it (compiled, it fuses into
+    the kernel before it; eagerly, one more pass over the tensor). The eager operations of
+    the kernels built a graph of their own before, and not the same one for every format:
+    none for float, MX and NVFP4 nearest (bit operations detach), a NaN gradient for
+    IEEE-style formats with Inf under stochastic rounding (``where(special, x * inf, q)``:
+    0 * inf) and for MX and NVFP4 stochastic in blocks holding ±Inf or NaN, a nonzero one
+    at the NaN inputs of codebooks, and an error in the backward pass for fixed point
+    stochastic (an output modified in place).
+    """
+    never = torch.zeros((), dtype=torch.bool, device=x.device)
+    return torch.where(never, x, q)
 
 
 def quantize_(
@@ -87,7 +113,15 @@ def quantize_(
     Same contract as :func:`quantize` (x must be a floating tensor of an accepted dtype);
     the same seed gives the same result. On the compiled path a contiguous x is rewritten by
     the kernel itself, without a full-size temporary.
+
+    Autograd: an x in a graph (grad mode on) gets the rounded values by ``x.copy_``, so the
+    gradient to its earlier values is zero, as with :func:`quantize`; a leaf that requires
+    grad raises torch's error for in-place operations on it.
     """
+    if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
+        with torch.no_grad():
+            q = quantize(x, fmt, rounding, generator)
+        return x.copy_(q)
     out = fused.run_planned(x, fmt, rounding, generator, True)
     if out is not None:
         return out
