@@ -36,9 +36,8 @@ whole otherwise. Measured first calls, compile included, 2 threads, cache warm: 
 4,194,304 float32 no difference in the noise (posit(8,2) nearest 3.73-3.76 s either way);
 at 1e8, posit(8,2) 4.5 s against 3.9 s, block(8) 4.7 against 3.9 s, MX E4M3 on a 1-D
 tensor 5.3-5.6 against 4.2-4.6 s (10.0 s while the eager path rounded 1-D MX whole), NVFP4
-5.1-7.6 against 4.2 s. CUDA kernels are not probed: Triton
-brings its own compiler, and the eager probe of a large CUDA tensor would need full-size
-temporaries on the device.
+5.1-7.6 against 4.2 s. CUDA kernels are not probed: Triton brings its own compiler, and
+the eager probe of a large CUDA tensor would need full-size temporaries on the device.
 """
 
 from __future__ import annotations
