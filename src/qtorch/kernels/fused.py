@@ -197,7 +197,7 @@ def _path(x: torch.Tensor, mode: str, device_type: str) -> str:
     if n == 0 or torch.compiler.is_compiling():
         return "eager"  # inside the user's own torch.compile: the eager code gets fused there
     if x.requires_grad and torch.is_grad_enabled():
-        return "eager"  # keep the eager autograd graph
+        return "eager"  # a direct call keeps the eager graph (quantize rounds under no_grad)
     if dispatch_mode_active():
         return "eager"  # the mode is there to see the operations (and Dynamo skips them)
     if mode == "auto":
