@@ -192,6 +192,48 @@ def test_dispatch_modes_see_the_eager_operations() -> None:
     assert not fused._broken
 
 
+#: One format of each family (the names of qtorch.cli.bench.family_format).
+FAMILIES = ["fixed", "float", "float8_e4m3fn", "block", "posit", "codebook16", "mx", "nvfp4"]
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch's, vmap
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's, jvp
+@pytest.mark.parametrize("rounding", [Rounding.NEAREST, Rounding.STOCHASTIC])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_torch_func_transforms_run_the_eager_operations(name: str, rounding: Rounding) -> None:
+    """Under ``torch.func.vmap``, ``grad`` and ``jvp`` the eager path runs, with the bits of
+    a plain call; the compiled kernel and its plan stay in use afterwards. A plan handed
+    the transform's wrapper to the compiled function ("Cannot access data pointer") and
+    the full dispatch then tried to compile for it: the format's kernel was marked broken
+    for the rest of the process, with a fallback warning; posit under vmap raised."""
+    fmt = family_format(name)
+    xs = _values(3, 8, 256)
+    x = xs[1].clone()
+    for _ in range(2):  # compiled, then planned
+        assert bits_equal(_compiled(x, fmt, rounding, 4), _eager(x, fmt, rounding, 4))
+    assert fused._plans
+    want = [_eager(xs[i], fmt, rounding, 4) for i in range(3)]  # one seed for each example
+
+    torch.manual_seed(4)
+    got = torch.func.vmap(lambda a: qtorch.quantize(a, fmt, rounding), randomness="same")(xs)
+    assert all(bits_equal(got[i], want[i]) for i in range(3))
+
+    def weighted(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = qtorch.quantize(a, fmt, rounding)
+        return (torch.nan_to_num(q) * 3).sum(), q
+
+    torch.manual_seed(4)
+    grad, q = torch.func.grad(weighted, has_aux=True)(x)
+    assert bits_equal(q, want[1]) and torch.equal(grad, torch.zeros_like(x))
+    torch.manual_seed(4)
+    q, tangent = torch.func.jvp(lambda a: qtorch.quantize(a, fmt, rounding), (x,), (x,))
+    assert bits_equal(q, want[1]) and torch.equal(tangent, torch.zeros_like(x))
+
+    assert not fused._broken
+    assert bits_equal(_compiled(x, fmt, rounding, 4), want[1])
+    assert any(key[0][0] == id(fmt) for key in fused._plans)
+
+
 def test_each_shape_runs_the_graph_dynamo_chose(monkeypatch: pytest.MonkeyPatch) -> None:
     """Dynamo compiles a one-element input separately (it specializes sizes 0 and 1); each
     shape must then go to its own graph."""

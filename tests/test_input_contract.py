@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import torch.autograd.forward_ad as forward_ad
 from edge_cases import SPECIALS_F32, bits_equal
 
 import qtorch
@@ -229,3 +230,28 @@ def test_in_place_in_a_graph_gives_a_zero_gradient(name: str, rounding: str) -> 
         assert leaf.grad is not None and torch.equal(leaf.grad, torch.zeros_like(x))
         with pytest.raises(RuntimeError, match="leaf Variable"):
             qtorch.quantize_(leaf, fmt, rounding)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's forward AD
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("name", GRAPH_FORMATS)
+def test_forward_mode_ad_gets_a_zero_tangent(name: str, rounding: str) -> None:
+    """A dual tensor of forward-mode AD (which ``no_grad`` does not stop) gets the bits of
+    a plain call and a zero tangent. The eager operations gave block floating point and
+    codebooks NaN tangents from the special values."""
+    fmt = family_format(name)
+    x = torch.cat([SPECIALS_F32, torch.randn(3000, generator=torch.Generator().manual_seed(7))])
+    with qtorch.kernel_mode("eager"):
+        torch.manual_seed(9)
+        want = quantize(x * 4, fmt, rounding)
+        with forward_ad.dual_level():
+            dual = forward_ad.make_dual(x * 4, torch.ones_like(x))
+            torch.manual_seed(9)
+            q, tangent = forward_ad.unpack_dual(quantize(dual, fmt, rounding))
+            y = dual * 1.0
+            torch.manual_seed(9)
+            assert qtorch.quantize_(y, fmt, rounding) is y
+            in_place, in_place_tangent = forward_ad.unpack_dual(y)
+    assert bits_equal(q, want) and bits_equal(in_place, want)
+    assert tangent is not None and torch.equal(tangent, torch.zeros_like(x))
+    assert in_place_tangent is not None and torch.equal(in_place_tangent, torch.zeros_like(x))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 from qtorch.formats.base import Format
 from qtorch.kernels import eager as eager_path
 from qtorch.kernels import fused
+from qtorch.kernels.compiled_call import transform_active
 from qtorch.kernels.noise import draw_seed, uniform_from_counter
 from qtorch.rounding import Rounding
 
@@ -70,19 +72,26 @@ def quantize(
     The work runs as one fused compiled kernel or as the eager reference, as
     :func:`qtorch.set_kernel_mode` says; both give bit-identical results.
 
-    Autograd: for an x that requires grad (with grad mode on) the result is in x's graph
-    and its gradient is zero, the derivative of a step function, for every format and
-    rounding (:func:`zero_gradient`). Straight-through gradients are
+    Autograd: for an x that requires grad (with grad mode on), a dual tensor of forward-mode
+    AD, or under a ``torch.func`` transform, the result is in x's graph and its gradient
+    (tangent) is zero, the derivative of a step function, for every format and rounding
+    (:func:`zero_gradient`). Straight-through gradients are
     :func:`qtorch.quant.quantizer`'s.
     """
-    if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
-        with torch.no_grad():
-            q = quantize(x, fmt, rounding, generator)
-        return zero_gradient(x, q)
-    out = fused.run_planned(x, fmt, rounding, generator, False)
-    if out is not None:
-        return out
-    return _dispatch(x, fmt, rounding, generator, inplace=False, caller="quantize")
+    if isinstance(x, torch.Tensor) and differentiated(x):
+        return zero_gradient(x, _rounded(x.detach(), fmt, rounding, generator, False))
+    return _rounded(x, fmt, rounding, generator, False)
+
+
+def differentiated(x: torch.Tensor) -> bool:
+    """Whether a derivative of a call on x may be taken: x requires grad with grad mode
+    on, forward-mode AD is on (``torch.autograd.forward_ad.dual_level``; ``no_grad`` does
+    not stop it), or a ``torch.func`` transform (``grad``, ``jvp``, ``vmap``, ...) is."""
+    return (
+        (x.requires_grad and torch.is_grad_enabled())
+        or forward_ad._current_level >= 0
+        or transform_active()
+    )
 
 
 def zero_gradient(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -114,18 +123,29 @@ def quantize_(
     the same seed gives the same result. On the compiled path a contiguous x is rewritten by
     the kernel itself, without a full-size temporary.
 
-    Autograd: an x in a graph (grad mode on) gets the rounded values by ``x.copy_``, so the
-    gradient to its earlier values is zero, as with :func:`quantize`; a leaf that requires
-    grad raises torch's error for in-place operations on it.
+    Autograd: an x in a graph (:func:`differentiated`) gets the rounded values by
+    ``x.copy_``, so the gradient (tangent) to its earlier values is zero, as with
+    :func:`quantize`; a leaf that requires grad raises torch's error for in-place
+    operations on it.
     """
-    if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
-        with torch.no_grad():
-            q = quantize(x, fmt, rounding, generator)
-        return x.copy_(q)
-    out = fused.run_planned(x, fmt, rounding, generator, True)
+    if isinstance(x, torch.Tensor) and differentiated(x):
+        return x.copy_(_rounded(x.detach(), fmt, rounding, generator, False))
+    return _rounded(x, fmt, rounding, generator, True)
+
+
+def _rounded(
+    x: torch.Tensor,
+    fmt: Format,
+    rounding: Rounding | str,
+    generator: torch.Generator | None,
+    inplace: bool,
+) -> torch.Tensor:
+    """x rounded (into x itself if ``inplace``), by the call's plan or the full dispatch."""
+    out = fused.run_planned(x, fmt, rounding, generator, inplace)
     if out is not None:
         return out
-    return _dispatch(x, fmt, rounding, generator, inplace=True, caller="quantize_")
+    caller = "quantize_" if inplace else "quantize"
+    return _dispatch(x, fmt, rounding, generator, inplace=inplace, caller=caller)
 
 
 def _dispatch(

@@ -185,8 +185,10 @@ class Capture:
 try:
     _dispatch_modes: Callable[[], int] = torch._C._len_torch_dispatch_stack
     _function_modes: Callable[[], bool] = torch._C._is_torch_function_mode_enabled
+    _transforms: Callable[[], bool] = torch._C._are_functorch_transforms_active
 except AttributeError:  # another torch: never skip Dynamo
     _dispatch_modes, _function_modes = (lambda: 1), (lambda: True)
+    _transforms = lambda: True  # noqa: E731
 
 
 def dispatch_mode_active() -> bool:
@@ -194,12 +196,23 @@ def dispatch_mode_active() -> bool:
     return bool(_dispatch_modes())
 
 
+def transform_active() -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad``, ``jvp``, ...) is on.
+
+    Its tensors are wrappers without storage of their own: a compiled function handed one
+    fails ("Cannot access data pointer"), and so does compiling for one ("Unsupported
+    functorch tracing attempt"). The transform's rules apply to the eager operations.
+    """
+    return _transforms()
+
+
 def plain(x: torch.Tensor) -> bool:
     """Whether the function Dynamo ran for x's shape computes what Dynamo would run now.
 
     x is a plain tensor or a parameter, no autograd graph is to be built (a tensor that
     requires grad, with grad mode off: the optimizer's in-place steps), and no torch
-    function or dispatch mode is on. Dynamo's guards on the type and on ``requires_grad``
+    function mode, dispatch mode or ``torch.func`` transform is on (a transform's tensors
+    are of type ``torch.Tensor`` too). Dynamo's guards on the type and on ``requires_grad``
     would compile the same kernel again; the caller's key fixes dtype, device type and
     contiguity.
     """
@@ -208,6 +221,7 @@ def plain(x: torch.Tensor) -> bool:
         and not (x.requires_grad and torch.is_grad_enabled())
         and not _function_modes()
         and not _dispatch_modes()
+        and not _transforms()
     )
 
 

@@ -107,6 +107,7 @@ from qtorch.kernels.compiled_call import (
     CompiledKernel,
     dispatch_mode_active,
     plain,
+    transform_active,
 )
 from qtorch.kernels.eager import run as eager_run
 from qtorch.kernels.noise import LANES_MIN, draw_seed, uniform_from_counter
@@ -197,9 +198,11 @@ def _path(x: torch.Tensor, mode: str, device_type: str) -> str:
     if n == 0 or torch.compiler.is_compiling():
         return "eager"  # inside the user's own torch.compile: the eager code gets fused there
     if x.requires_grad and torch.is_grad_enabled():
-        return "eager"  # a direct call keeps the eager graph (quantize rounds under no_grad)
+        return "eager"  # a direct call keeps the eager graph (quantize rounds x.detach())
     if dispatch_mode_active():
         return "eager"  # the mode is there to see the operations (and Dynamo skips them)
+    if transform_active():
+        return "eager"  # torch.func's wrappers: compiled code can neither take nor trace them
     if mode == "auto":
         if n < EAGER_BELOW.get(device_type, EAGER_BELOW["cpu"]):
             return "eager"

@@ -221,7 +221,7 @@ def _signed_with_specials(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     nonzero = magnitude.clamp(max=1)
     special = magnitude.sub_(infinity - 1).clamp_(0, 1)  # magnitude is not needed any more
     out = q.view(lay.int_dtype).mul_(nonzero)  # 0 for ±0; maxpos (< Inf) for specials
-    out = torch.maximum(out, special.mul_(quiet_nan), out=out)  # NaN for specials
+    out = out.clamp_(min=special.mul_(quiet_nan))  # NaN for specials (no out=: vmap)
     return copysign(out.view(x.dtype), x) + 0.0  # not in place: copysign saves it
 
 
