@@ -150,6 +150,40 @@ def test_module_forward_and_backward(module: type, forward, backward) -> None:  
     assert torch.equal(x.grad, backward(grad, y.detach()))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's forward AD
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch's, vmap
+@pytest.mark.parametrize(
+    ("module", "forward", "backward"),
+    [
+        (qtorch.PositTanhModule(8), lambda x: posit_tanh(x, 8), lambda g, y: g * (1 - y * y)),
+        (
+            qtorch.PositTanhModuleEnhanced(),
+            lambda x: posit_tanh_enhanced(x, 16),
+            lambda g, y: g * (1 - y * y),
+        ),
+        (qtorch.PositSigmoidModule(), lambda x: posit_sigmoid(x, 16), lambda g, y: g * y * (1 - y)),
+    ],
+    ids=lambda m: type(m).__name__ if isinstance(m, torch.nn.Module) else "",
+)
+def test_modules_under_torch_func(module: torch.nn.Module, forward, backward) -> None:  # type: ignore[no-untyped-def]
+    """``torch.func.grad``, ``vmap`` of per-example gradients and ``jvp`` give the stated
+    formula of the output y; the Functions raised under every transform before (no
+    ``setup_context``) and under forward-mode AD (no ``jvp``)."""
+    xs = torch.randn(4, 300, generator=torch.Generator().manual_seed(8)) * 3
+    weights = torch.randn(300, generator=torch.Generator().manual_seed(9))
+    ys = forward(xs)
+    want = backward(weights, ys)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return (module(x) * weights).sum()
+
+    assert torch.equal(torch.func.grad(loss)(xs[0]), want[0])
+    assert torch.equal(torch.func.vmap(torch.func.grad(loss))(xs), want)
+    assert torch.equal(torch.func.vmap(module)(xs), ys)
+    y, tangent = torch.func.jvp(module, (xs[1],), (weights,))
+    assert torch.equal(y, ys[1]) and torch.equal(tangent, want[1])
+
+
 def test_module_nsize_8() -> None:
     x = torch.randn(50)
     assert torch.equal(qtorch.PositTanhModule(8)(x), posit_tanh(x, 8))

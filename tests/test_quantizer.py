@@ -296,3 +296,76 @@ def test_torch_compile_matches_eager() -> None:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torch_compile_inductor_matches_eager() -> None:
     _compile_and_compare("inductor")
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch's, vmap
+def test_per_example_gradients_with_torch_func() -> None:
+    """``vmap(grad(...))`` gives each example the gradient that autograd gives it alone
+    (the Function raised under every torch.func transform before: no setup_context)."""
+    q = quantizer(FixedPoint(8, 4), FixedPoint(8, 2), "nearest", "nearest", True)
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(64, generator=g)
+    xs = torch.randn(5, 64, generator=g) * 6
+    v = torch.randn(64, generator=g)
+
+    def loss(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return (q(weight * x) * v).sum()
+
+    per_example = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(w, xs)
+    for i in range(len(xs)):
+        leaf = w.clone().requires_grad_()
+        loss(leaf, xs[i]).backward()
+        assert leaf.grad is not None and bits_equal(per_example[i], leaf.grad)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_torch_func_grad_matches_autograd(rounding: str) -> None:
+    q = quantizer(FloatingPoint(4, 3), FloatingPoint(5, 2), rounding, rounding)
+    x = torch.randn(3000, generator=torch.Generator().manual_seed(5)) * 8
+    weights = torch.randn(3000, generator=torch.Generator().manual_seed(6))
+
+    def loss(a: torch.Tensor) -> torch.Tensor:
+        return (q(a) * weights).sum()
+
+    torch.manual_seed(3)
+    got = torch.func.grad(loss)(x)
+    leaf = x.clone().requires_grad_()
+    torch.manual_seed(3)
+    loss(leaf).backward()
+    assert leaf.grad is not None and bits_equal(got, leaf.grad)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's forward AD
+@pytest.mark.parametrize("clamping", [False, True])
+def test_forward_mode_passes_the_tangent_straight_through(clamping: bool) -> None:
+    """The tangent of the straight-through estimator: unchanged, but zero where the forward
+    pass saturated (FixedPoint(8, 4) holds [-8, 7.9375]) with clamping_grad_zero; the
+    backward format does not touch it. Forward-mode AD raised NotImplementedError before."""
+    q = quantizer(FixedPoint(8, 4), FixedPoint(4, 1), "nearest", "nearest", clamping)
+    x = torch.tensor([0.3, -1.7, 7.9375, 7.97, 8.5, -8.0, -8.03, -100.0, INF, -INF, NAN])
+    tangent = torch.linspace(0.1, 1.1, len(x))
+    beyond = torch.tensor([x_ > 7.9375 or x_ < -8.0 for x_ in x.tolist()])
+    want = tangent.masked_fill(beyond, 0.0) if clamping else tangent
+    y, got = torch.func.jvp(q, (x,), (tangent,))
+    assert bits_equal(y, qtorch.quantize(x, FixedPoint(8, 4))) and bits_equal(got, want)
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, tangent)
+        _, got = torch.autograd.forward_ad.unpack_dual(q(dual))
+    assert got is not None and bits_equal(got, want)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's forward AD
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch's, vmap
+def test_hessian_of_a_square_through_the_quantizer() -> None:
+    """f(x) = sum(q(x)**2): the straight-through gradient is 2 q(x), so the Hessian
+    (``torch.func.hessian``: forward over reverse) is 2 on the diagonal where the forward
+    pass did not saturate, 0 where it did; rounding the gradient in the backward pass (a
+    step function) makes it zero."""
+    x = torch.tensor([0.3, -1.7, 9.0, -3.1, -20.0])
+    inside = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0])
+    q = quantizer(FixedPoint(8, 4), None, "nearest", clamping_grad_zero=True)
+    hessian = torch.func.hessian(lambda a: (q(a) ** 2).sum())(x)
+    assert torch.equal(hessian, torch.diag(2 * inside))
+    rounded = quantizer(FixedPoint(8, 4), FixedPoint(8, 4), "nearest", "nearest")
+    hessian = torch.func.hessian(lambda a: (rounded(a) ** 2).sum())(x)
+    assert torch.equal(hessian, torch.zeros(5, 5))

@@ -20,7 +20,14 @@ from qtorch.formats.base import Format
 from qtorch.quantize import quantize
 from qtorch.rounding import Rounding
 
-__all__ = ["Quantizer", "QuantizerConfig", "QuantizerFunction", "quantizer", "saturated"]
+__all__ = [
+    "ForwardModeQuantizerFunction",
+    "Quantizer",
+    "QuantizerConfig",
+    "QuantizerFunction",
+    "quantizer",
+    "saturated",
+]
 
 GradHook = Callable[[torch.Tensor], torch.Tensor]
 
@@ -60,21 +67,25 @@ class QuantizerFunction(torch.autograd.Function):
     ``g = quantize(g, backward_number, backward_rounding)`` (identity when ``None``), then
     elements saturated in the forward pass get a zero gradient. The gradient is that of a
     straight-through estimator: rounding itself passes the gradient unchanged.
+
+    ``torch.func`` transforms apply to it (``grad``, ``vmap`` of per-example gradients,
+    ``jacrev``, ...); under ``vmap`` stochastic rounding needs ``randomness="same"`` or
+    ``"different"``, as any random operation does. Forward-mode AD is
+    :class:`ForwardModeQuantizerFunction`'s, which :func:`quantizer` applies outside
+    ``torch.compile``.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, config: QuantizerConfig) -> torch.Tensor:
-        ctx.config = config
-        ctx.masked = False
+    def forward(x: torch.Tensor, config: QuantizerConfig) -> torch.Tensor:
         if config.forward_number is None:
             return x.clone()  # a view of x would forbid in-place ops (ReLU(inplace)) after
-        q = quantize(x, config.forward_number, config.forward_rounding)
-        if config.clamping_grad_zero:
-            mask = saturated(x, q, config.forward_number)
-            if mask is not None:
-                ctx.save_for_backward(mask)
-                ctx.masked = True
-        return function_output(q)
+        return function_output(quantize(x, config.forward_number, config.forward_rounding))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        _setup_context(ctx, inputs, output, forward_mode=False)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:
@@ -89,6 +100,46 @@ class QuantizerFunction(torch.autograd.Function):
             (mask,) = ctx.saved_tensors
             grad = grad.masked_fill(mask, 0.0)
         return grad, None
+
+
+class ForwardModeQuantizerFunction(QuantizerFunction):
+    """:class:`QuantizerFunction` with forward-mode AD (``torch.func.jvp``, ``jacfwd``,
+    ``hessian``, ``torch.autograd.forward_ad``).
+
+    The tangent gets the straight-through Jacobian of the backward pass: it passes
+    unchanged, but is zero where the forward pass saturated (with ``clamping_grad_zero``).
+    The backward format and hooks are for gradients; they do not touch tangents. Dynamo
+    does not trace a custom ``jvp`` ("Unsupported custom jvp"), so under ``torch.compile``
+    :func:`quantizer` applies the base class.
+    """
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        _setup_context(ctx, inputs, output, forward_mode=True)
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, _config: None) -> torch.Tensor:
+        if ctx.masked:
+            (mask,) = ctx.saved_tensors
+            return tangent.masked_fill(mask, 0.0)
+        return tangent.clone()
+
+
+def _setup_context(
+    ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor, forward_mode: bool
+) -> None:
+    """Keep the config, and the saturation mask (``clamping_grad_zero``) for the backward
+    pass and, with ``forward_mode``, for ``jvp``."""
+    x, config = inputs
+    ctx.config = config
+    ctx.masked = False
+    if config.clamping_grad_zero and config.forward_number is not None:
+        mask = saturated(x, output, config.forward_number)
+        if mask is not None:
+            ctx.save_for_backward(mask)
+            if forward_mode:
+                ctx.save_for_forward(mask)
+            ctx.masked = True
 
 
 def _check_number(name: str, number: object) -> None:
@@ -135,7 +186,10 @@ class QuantizerConfig:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.forward_number is None and self.backward_number is None and not self.backward_hooks:
             return x  # the identity: nothing to record for autograd
-        out: torch.Tensor = QuantizerFunction.apply(x, self)
+        if torch.compiler.is_compiling():
+            out: torch.Tensor = QuantizerFunction.apply(x, self)
+        else:
+            out = ForwardModeQuantizerFunction.apply(x, self)
         return out
 
     def describe(self) -> str:
