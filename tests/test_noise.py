@@ -201,6 +201,19 @@ def test_range_across_2_to_the_32_matches_reference() -> None:
             assert bits_equal(got, expected), (seed, start)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noise_at_given_indices_matches_reference(dtype: torch.dtype) -> None:
+    """uniform_at (the noise of a sparse tensor's stored elements): any indices, in any
+    order and shape, repeated, past 2**32 and near 2**63."""
+    bits = 24 if dtype == torch.float32 else 53
+    indices = [5, 0, 5, 2**32 - 1, 2**32, 3 * 2**32 + 17, 2**40 + 3, 2**63 - 1, 123456789]
+    for seed in SEEDS[::2]:
+        got = noise.uniform_at(torch.tensor(seed), torch.tensor(indices).view(3, 3), dtype)
+        expected = [reference_uniform(seed, i, bits) for i in indices]
+        assert got.shape == (3, 3) and got.dtype == dtype
+        assert bits_equal(got.view(-1), torch.tensor(expected, dtype=dtype)), seed
+
+
 def test_rows_across_2_to_the_32_match_reference() -> None:
     # rows are made one run of 2**32 indices at a time too
     for seed in SEEDS[1::2]:

@@ -7,7 +7,7 @@ import torch.autograd.forward_ad as forward_ad
 
 from qtorch.formats.base import Format
 from qtorch.kernels import eager as eager_path
-from qtorch.kernels import fused
+from qtorch.kernels import fused, sparse
 from qtorch.kernels.compiled_call import transform_active
 from qtorch.kernels.noise import draw_seed, uniform_from_counter
 from qtorch.rounding import Rounding
@@ -60,7 +60,9 @@ def quantize(
 
     Args:
         x: float32 (primary), float64, float16 or bfloat16 tensor of any shape, never
-            modified; the result has x's dtype, shape and device.
+            modified; the result has x's dtype, shape and device. Dense (strided) or
+            sparse COO (its stored values rounded as the dense tensor's, the result
+            coalesced: :mod:`qtorch.kernels.sparse`); other layouts raise ``TypeError``.
         fmt: any :class:`qtorch.formats.Format` (FixedPoint, FloatingPoint, ...).
         rounding: ``"nearest"`` (ties to even) or ``"stochastic"``; some formats accept the
             directed modes ``"toward_zero"``, ``"down"``, ``"up"``.
@@ -105,9 +107,15 @@ def zero_gradient(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     IEEE-style formats with Inf under stochastic rounding (``where(special, x * inf, q)``:
     0 * inf) and for MX and NVFP4 stochastic in blocks holding ±Inf or NaN, a nonzero one
     at the NaN inputs of codebooks, and an error in the backward pass for fixed point
-    stochastic (an output modified in place).
+    stochastic (an output modified in place). A sparse COO x (q holds its coalesced
+    places) gets the select on the stored values.
     """
     never = torch.zeros((), dtype=torch.bool, device=x.device)
+    if x.is_sparse:  # (COO; not ``layout``, which Dynamo refuses in a backward)
+        values = torch.where(never, x.coalesce().values(), q.values())
+        return torch.sparse_coo_tensor(
+            q.indices(), values, q.shape, is_coalesced=True, check_invariants=False
+        )
     return torch.where(never, x, q)
 
 
@@ -161,11 +169,17 @@ def _dispatch(
     Stochastic rounding draws one seed here; both paths make the same noise from it
     (:func:`qtorch.kernels.noise.uniform_from_counter`), the compiled one inside its kernel.
     The caller first tries the call's plan (:func:`qtorch.kernels.fused.run_planned`).
+    Sparse COO tensors go to :mod:`qtorch.kernels.sparse`.
     """
     if not isinstance(fmt, Format):
         raise TypeError(f"{caller}: fmt must be a qtorch format, got {type(fmt).__name__}")
     mode = fmt.check_rounding(rounding)
     dtype = working_dtype(x, caller)
+    # (not while compiling: Dynamo refuses ``layout`` in an autograd function's backward)
+    if not torch.compiler.is_compiling() and (x.layout is not torch.strided or x.is_nested):
+        sparse.check_layout(x, caller)  # sparse COO passes
+        seed = draw_seed(generator, x.device) if mode is Rounding.STOCHASTIC else None
+        return sparse.quantize(x, fmt, mode, seed, dtype, inplace, caller)
     seed = draw_seed(generator, x.device) if mode is Rounding.STOCHASTIC else None
 
     def eager() -> torch.Tensor:

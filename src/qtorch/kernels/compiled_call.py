@@ -209,7 +209,7 @@ def transform_active() -> bool:
 def plain(x: torch.Tensor) -> bool:
     """Whether the function Dynamo ran for x's shape computes what Dynamo would run now.
 
-    x is a plain tensor or a parameter, no autograd graph is to be built (a tensor that
+    x is a plain tensor or a parameter (not nested), no autograd graph is to be built (a tensor that
     requires grad, with grad mode off: the optimizer's in-place steps), and no torch
     function mode, dispatch mode or ``torch.func`` transform is on (a transform's tensors
     are of type ``torch.Tensor`` too). Dynamo's guards on the type and on ``requires_grad``
@@ -218,6 +218,7 @@ def plain(x: torch.Tensor) -> bool:
     """
     return (
         (type(x) is torch.Tensor or type(x) is torch.nn.Parameter)
+        and not x.is_nested  # (whose shape raises)
         and not (x.requires_grad and torch.is_grad_enabled())
         and not _function_modes()
         and not _dispatch_modes()

@@ -305,6 +305,25 @@ def _uniform(seed: torch.Tensor, start: int, stop: int, dtype: torch.dtype) -> t
     return _noise_from_words(hash32(seed, index, high))
 
 
+def uniform_at(seed: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The noise of the row-major flat indices ``index`` (int64, any shape, any order).
+
+    Element for element what :func:`uniform_from_counter` gives at those indices, so the
+    stored values of a sparse tensor get the noise of their places in the dense tensor.
+
+    >>> s = torch.tensor(7)
+    >>> i = torch.tensor([9, 2, 2])
+    >>> torch.equal(uniform_at(s, i, torch.float32), uniform_from_counter(s, (12,))[i])
+    True
+    """
+    if dtype not in _NOISE_DTYPES:
+        raise ValueError(f"uniform_at: dtype must be float32 or float64, got {dtype}")
+    if dtype == torch.float64:
+        top = _shift_right_logical(splitmix64(seed, index), 64 - 53)
+        return top.to(dtype).mul_(2.0**-53)
+    return _noise_from_words(hash32(seed, index, (index >> 32).to(torch.int32)))
+
+
 def draw_seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """One int64 seed from ``generator`` (or ``device``'s default torch RNG), 0-d on ``device``.
 
