@@ -302,6 +302,55 @@ def test_new_sizes_do_not_recompile(
         assert counters["stats"]["unique_graphs"] == graphs
 
 
+def _one_block(name: str, dim: int, shapes: list[tuple[int, ...]], rounding: Rounding) -> None:
+    """Compiled = eager on shapes whose blocks' dimension is one whole block, the first
+    compiled once, the others (the same static sizes) without a new graph."""
+    from torch._dynamo.utils import counters
+
+    fmt = dataclasses.replace(_format(name), dim=dim)
+    with qtorch.kernel_mode("compiled"):
+        for i, shape in enumerate(shapes):
+            x = torch.randn(shape) * 3
+            eager, compiled = _both(x, fmt, rounding)
+            assert bits_equal(eager, compiled), shape
+            if i == 0:
+                graphs = counters["stats"]["unique_graphs"]
+        assert counters["stats"]["unique_graphs"] == graphs
+    assert not [key for key in fused._broken if key[0] == fmt]
+
+
+@pytest.mark.parametrize(
+    ("name", "shapes"),
+    [("mx", [(8, 32), (24, 32), (3, 32)]), ("nvfp4", [(5, 16), (40, 16)])],
+)
+def test_one_block_along_the_blocks_dimension_compiles(
+    name: str, shapes: list[tuple[int, ...]]
+) -> None:
+    """A dimension that is exactly one block (an (n, 32) tensor under MX, (n, 16) under
+    NVFP4) failed to compile: Dynamo specialized the block count 1 and with it the size
+    marked dynamic. The kernel was marked broken for every shape of that rank (a warning,
+    then eager for the rest of the process)."""
+    _one_block(name, -1, shapes, Rounding.NEAREST)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rounding", DEFAULT_ROUNDINGS, ids=lambda r: r.value)
+@pytest.mark.parametrize(
+    ("name", "dim", "shapes"),
+    [
+        ("mx", 0, [(32,), (32, 7)]),
+        ("mx", 1, [(4, 32, 8), (2, 32, 3)]),
+        ("nvfp4", 0, [(16, 5), (16, 9)]),
+        ("nvfp4", -1, [(16,), (3, 2, 16)]),
+    ],
+)
+def test_one_block_along_any_dimension_compiles(
+    name: str, dim: int, shapes: list[tuple[int, ...]], rounding: Rounding
+) -> None:
+    for shape in shapes:
+        _one_block(name, dim, [shape], rounding)
+
+
 def test_formats_of_one_family_do_not_share_state() -> None:
     # Two formats of one family with the same rounding compile separately; Dynamo must not
     # see the second one's parameters as "changed constants" of the first and make them

@@ -70,6 +70,16 @@ class Format(abc.ABC):
         """
         return self.elementwise
 
+    def static_sizes(self, shape: Sequence[int]) -> tuple[bool, ...]:
+        """Which sizes of x a compiled kernel that is not flat (:attr:`flat_kernel`) takes
+        as constants rather than symbols; they are part of its cache key.
+
+        Dynamo specializes a size of 1 (and a size derived from the symbols that comes out
+        as 1, with the symbols it follows from); a size marked dynamic that it specializes
+        fails the compile. Default: the dimensions of size 1.
+        """
+        return tuple(size == 1 for size in shape)
+
     @abc.abstractmethod
     def quantize_kernel(
         self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None

@@ -170,6 +170,11 @@ class MX(Format):
         unit, align = kernel.piece_layout(x.shape, self.block_size, self.dim, "MX")
         return EagerPieces(unit, self.quantize_kernel, align)
 
+    def static_sizes(self, shape: Sequence[int]) -> tuple[bool, ...]:
+        """Sizes of 1, and the blocks' dimension when it is one whole block
+        (:func:`qtorch.kernels.mx.static_sizes`)."""
+        return kernel.static_sizes(shape, self.block_size, self.dim)
+
     def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
         """The blocks' layout, when they run along the last dimension and fill it."""
         return kernel.noise_layout(shape, self.block_size, self.dim, "MX")

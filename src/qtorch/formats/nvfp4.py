@@ -144,6 +144,11 @@ class NVFP4(Format):
 
         return EagerPieces(unit, scaled, align)
 
+    def static_sizes(self, shape: Sequence[int]) -> tuple[bool, ...]:
+        """Sizes of 1, and the blocks' dimension when it is one whole block
+        (:func:`qtorch.kernels.mx.static_sizes`)."""
+        return kernel.static_sizes(shape, self.block_size, self.dim)
+
     def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
         """The blocks' layout, when they run along the last dimension and fill it."""
         return kernel.noise_layout(shape, self.block_size, self.dim, "NVFP4")

@@ -12,7 +12,8 @@ avoids the known traps:
   rank share one kernel. Only the sizes are symbolic: ``dynamic=True`` would also turn the
   format's integer parameters into symbols. The other formats (block floating point with
   a block per slice, MX, NVFP4) keep their shape; their kernel is compiled once per rank
-  and pattern of size-1 dimensions (which Dynamo specializes).
+  and pattern of the sizes it takes as constants (``Format.static_sizes``: those of 1,
+  which Dynamo specializes, and for MX and NVFP4 a blocks' dimension of one block).
 * **Recompile limit.** Dynamo caches compiled graphs per Python code object and allows
   ``recompile_limit`` (8) of them. Each cache key here gets its own copy of the kernel's
   code object, so every code object holds one graph and the global limit is never reached
@@ -385,7 +386,7 @@ def _key(
     """The cache key: one compiled kernel (and one Dynamo code object) per key."""
     shape_key: Hashable
     if not fmt.flat_kernel:
-        shape_key = tuple(size == 1 for size in x.shape)
+        shape_key = fmt.static_sizes(x.shape)
     elif rounding is Rounding.STOCHASTIC and x.numel() % ROW == 0:
         shape_key = "rows"
     else:
@@ -455,7 +456,9 @@ def quantize_compiled(
                     # eager bits (qtorch.kernels.verify); elsewhere a view of arg.
                     verifying = _device_type(x) in verify.DEVICES
                     first = verify.probe_like(arg) if verifying else arg.view(arg.shape)
-                    _mark_dynamic(first, arg.dim() - 1 if rows else None)
+                    shape_key = key[4]
+                    static = shape_key if isinstance(shape_key, tuple) else ()
+                    _mark_dynamic(first, arg.dim() - 1 if rows else None, static)
                     # Inductor's own deprecation notices are not the user's business (and
                     # under ``-W error`` they would make every compile fail).
                     with warnings.catch_warnings():
@@ -611,16 +614,20 @@ def run_planned(
     return x.copy_(out) if inplace else out
 
 
-def _mark_dynamic(arg: torch.Tensor, static: int | None = None) -> None:
+def _mark_dynamic(
+    arg: torch.Tensor, static: int | None = None, constants: tuple[bool, ...] = ()
+) -> None:
     """Compile for symbolic sizes (the format's own parameters stay constants).
 
     ``dynamic=True`` would also turn the format's integer parameters into symbols, which
     breaks kernels that do Python arithmetic on them; marking the sizes keeps them apart.
     Dimensions of size 1 stay static (Dynamo specializes them; they are in the cache key),
-    and so does dimension ``static`` (the rows' length of the stochastic view).
+    and so do dimension ``static`` (the rows' length of the stochastic view) and those that
+    ``constants`` (the format's :meth:`~qtorch.formats.base.Format.static_sizes`, in the
+    cache key) flags.
     """
     for dim, size in enumerate(arg.shape):
-        if size > 1 and dim != static:
+        if size > 1 and dim != static and not (dim < len(constants) and constants[dim]):
             torch._dynamo.mark_dynamic(arg, dim)
 
 

@@ -84,6 +84,24 @@ def noise_layout(
     return tuple(shape), None
 
 
+def static_sizes(shape: Sequence[int], block_size: int, dim: int) -> tuple[bool, ...]:
+    """For :meth:`qtorch.formats.base.Format.static_sizes` of a format with blocks of
+    ``block_size`` along ``dim``: the sizes of 1, and ``dim``'s when it is one whole block.
+
+    There :func:`to_blocks` views the dimension as (1, block_size); Dynamo specializes the
+    block count 1, with it the size (``s // block_size == 1`` and ``s % block_size == 0``
+    make it ``block_size``), and a compile for the size marked dynamic failed: an
+    (n, 32) tensor under MX, (n, 16) under NVFP4, marked the kernel broken for every
+    shape of the same rank. (A shorter dimension, padded to one block, compiles.) An
+    invalid ``dim`` is left to the kernel to reject.
+    """
+    static = [size == 1 for size in shape]
+    d = dim + len(shape) if dim < 0 else dim
+    if 0 <= d < len(shape) and shape[d] == block_size:
+        static[d] = True
+    return tuple(static)
+
+
 def piece_layout(
     shape: Sequence[int], block_size: int, dim: int, caller: str
 ) -> tuple[tuple[int, ...], int]:
