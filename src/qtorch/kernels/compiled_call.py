@@ -209,10 +209,10 @@ def transform_active() -> bool:
 def plain(x: torch.Tensor) -> bool:
     """Whether the function Dynamo ran for x's shape computes what Dynamo would run now.
 
-    x is a plain tensor or a parameter (not nested), no autograd graph is to be built (a tensor that
-    requires grad, with grad mode off: the optimizer's in-place steps), and no torch
-    function mode, dispatch mode or ``torch.func`` transform is on (a transform's tensors
-    are of type ``torch.Tensor`` too). Dynamo's guards on the type and on ``requires_grad``
+    x is a plain tensor or a parameter (not nested), no autograd graph is to be built (a
+    tensor that requires grad, with grad mode off: the optimizer's in-place steps), and no
+    torch function mode, dispatch mode or ``torch.func`` transform is on (a transform's
+    tensors are of type ``torch.Tensor`` too). Dynamo's guards on the type and on ``requires_grad``
     would compile the same kernel again; the caller's key fixes dtype, device type and
     contiguity.
     """

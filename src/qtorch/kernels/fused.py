@@ -456,9 +456,7 @@ def quantize_compiled(
                     # eager bits (qtorch.kernels.verify); elsewhere a view of arg.
                     verifying = _device_type(x) in verify.DEVICES
                     first = verify.probe_like(arg) if verifying else arg.view(arg.shape)
-                    shape_key = key[4]
-                    static = shape_key if isinstance(shape_key, tuple) else ()
-                    _mark_dynamic(first, arg.dim() - 1 if rows else None, static)
+                    _mark_dynamic(first, _static_dims(key[4], arg.dim()))
                     # Inductor's own deprecation notices are not the user's business (and
                     # under ``-W error`` they would make every compile fail).
                     with warnings.catch_warnings():
@@ -614,20 +612,27 @@ def run_planned(
     return x.copy_(out) if inplace else out
 
 
-def _mark_dynamic(
-    arg: torch.Tensor, static: int | None = None, constants: tuple[bool, ...] = ()
-) -> None:
+def _static_dims(shape_key: Hashable, ndim: int) -> set[int]:
+    """The dimensions of a kernel's argument that stay static, by its key's shape part:
+    the rows' length of the stochastic ``(n / ROW, ROW)`` view, or those a non-flat
+    format's :meth:`~qtorch.formats.base.Format.static_sizes` flags (in the key)."""
+    if shape_key == "rows":
+        return {ndim - 1}
+    if isinstance(shape_key, tuple):
+        return {dim for dim, static in enumerate(shape_key) if static}
+    return set()
+
+
+def _mark_dynamic(arg: torch.Tensor, static: set[int]) -> None:
     """Compile for symbolic sizes (the format's own parameters stay constants).
 
     ``dynamic=True`` would also turn the format's integer parameters into symbols, which
     breaks kernels that do Python arithmetic on them; marking the sizes keeps them apart.
-    Dimensions of size 1 stay static (Dynamo specializes them; they are in the cache key),
-    and so do dimension ``static`` (the rows' length of the stochastic view) and those that
-    ``constants`` (the format's :meth:`~qtorch.formats.base.Format.static_sizes`, in the
-    cache key) flags.
+    Dimensions of size 1 stay static (Dynamo specializes them), and so do those in
+    ``static`` (:func:`_static_dims`).
     """
     for dim, size in enumerate(arg.shape):
-        if size > 1 and dim != static and not (dim < len(constants) and constants[dim]):
+        if size > 1 and dim not in static:
             torch._dynamo.mark_dynamic(arg, dim)
 
 
