@@ -176,11 +176,12 @@ def _dispatch(
     mode = fmt.check_rounding(rounding)
     dtype = working_dtype(x, caller)
     # (not while compiling: Dynamo refuses ``layout`` in an autograd function's backward)
-    if not torch.compiler.is_compiling() and (x.layout is not torch.strided or x.is_nested):
-        sparse.check_layout(x, caller)  # sparse COO passes
-        seed = draw_seed(generator, x.device) if mode is Rounding.STOCHASTIC else None
-        return sparse.quantize(x, fmt, mode, seed, dtype, inplace, caller)
+    strided = torch.compiler.is_compiling() or (x.layout is torch.strided and not x.is_nested)
+    if not strided:
+        sparse.check_layout(x, caller)  # sparse COO passes, before a seed is drawn
     seed = draw_seed(generator, x.device) if mode is Rounding.STOCHASTIC else None
+    if not strided:
+        return sparse.quantize(x, fmt, mode, seed, dtype, inplace, caller)
 
     def eager() -> torch.Tensor:
         return eager_path.run(x, fmt, mode, seed, dtype, inplace)
