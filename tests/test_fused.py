@@ -351,6 +351,38 @@ def test_one_block_along_any_dimension_compiles(
         _one_block(name, dim, [shape], rounding)
 
 
+@pytest.mark.usefixtures("fresh_fused")
+@pytest.mark.parametrize("rounding", DEFAULT_ROUNDINGS, ids=lambda r: r.value)
+@pytest.mark.parametrize(
+    ("name", "dim", "shapes"),
+    [
+        # whole blocks, padded (several blocks), short of one block, in each order
+        ("mx", -1, [(6, 64), (6, 70), (5, 7), (3, 96), (4, 40), (2, 31), (5, 3)]),
+        ("mx", 0, [(33, 3), (8, 5), (64, 2), (4, 4), (100, 6)]),
+        ("nvfp4", -1, [(5,), (4099,), (48,), (17,), (3,), (4096,)]),
+    ],
+)
+def test_blocks_dimension_never_recompiles_behind_the_cache(
+    name: str, dim: int, shapes: list[tuple[int, ...]], rounding: Rounding
+) -> None:
+    """MX and NVFP4 kernels branch on the blocks' dimension: padded to whole blocks or
+    not, one block or several. Dynamo guarded on the branch its first shape took and
+    compiled again, behind qtorch's cache (unchecked on a probe, outside its compile lock),
+    for a shape taking another: each branch is now a kernel of its own, one graph each."""
+    from torch._dynamo.utils import counters
+
+    fmt = dataclasses.replace(_format(name), dim=dim)
+    with qtorch.kernel_mode("compiled"):
+        graphs = counters["stats"]["unique_graphs"]
+        for shape in shapes:
+            x = torch.randn(shape) * 3
+            eager, compiled = _both(x, fmt, rounding)
+            assert bits_equal(eager, compiled), shape
+    assert len(fused._cache) == 3  # one kernel per branch (the cache was empty)
+    assert counters["stats"]["unique_graphs"] - graphs == 3
+    assert not fused._broken
+
+
 def test_formats_of_one_family_do_not_share_state() -> None:
     # Two formats of one family with the same rounding compile separately; Dynamo must not
     # see the second one's parameters as "changed constants" of the first and make them

@@ -80,6 +80,18 @@ class Format(abc.ABC):
         """
         return tuple(size == 1 for size in shape)
 
+    def shape_branches(self, shape: Sequence[int]) -> tuple[bool, ...]:
+        """The choices on x's shape that the code of a compiled kernel that is not flat
+        (:attr:`flat_kernel`) makes in Python while it is traced; they are part of its
+        cache key.
+
+        Dynamo guards on such a choice and, when a later shape makes the other one,
+        compiles a second graph behind qtorch's back: not under its compile lock, not
+        checked on a probe (:mod:`qtorch.kernels.verify`). In the key, each choice gets
+        its own kernel, compiled and checked like the first. Default: none.
+        """
+        return ()
+
     @abc.abstractmethod
     def quantize_kernel(
         self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None

@@ -175,6 +175,11 @@ class MX(Format):
         (:func:`qtorch.kernels.mx.static_sizes`)."""
         return kernel.static_sizes(shape, self.block_size, self.dim)
 
+    def shape_branches(self, shape: Sequence[int]) -> tuple[bool, ...]:
+        """Whether the blocks' dimension is padded to whole blocks
+        (:func:`qtorch.kernels.mx.shape_branches`)."""
+        return kernel.shape_branches(shape, self.block_size, self.dim)
+
     def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
         """The blocks' layout, when they run along the last dimension and fill it."""
         return kernel.noise_layout(shape, self.block_size, self.dim, "MX")

@@ -13,7 +13,10 @@ avoids the known traps:
   format's integer parameters into symbols. The other formats (block floating point with
   a block per slice, MX, NVFP4) keep their shape; their kernel is compiled once per rank
   and pattern of the sizes it takes as constants (``Format.static_sizes``: those of 1,
-  which Dynamo specializes, and for MX and NVFP4 a blocks' dimension of one block).
+  which Dynamo specializes, and for MX and NVFP4 a blocks' dimension of one block), and
+  per choice its code makes on the shape (``Format.shape_branches``: for MX and NVFP4,
+  whether that dimension is padded to whole blocks, and whether it is one block), so
+  Dynamo never recompiles one behind the cache.
 * **Recompile limit.** Dynamo caches compiled graphs per Python code object and allows
   ``recompile_limit`` (8) of them. Each cache key here gets its own copy of the kernel's
   code object, so every code object holds one graph and the global limit is never reached
@@ -386,7 +389,7 @@ def _key(
     """The cache key: one compiled kernel (and one Dynamo code object) per key."""
     shape_key: Hashable
     if not fmt.flat_kernel:
-        shape_key = fmt.static_sizes(x.shape)
+        shape_key = (fmt.static_sizes(x.shape), fmt.shape_branches(x.shape))
     elif rounding is Rounding.STOCHASTIC and x.numel() % ROW == 0:
         shape_key = "rows"
     else:
@@ -615,11 +618,13 @@ def run_planned(
 def _static_dims(shape_key: Hashable, ndim: int) -> set[int]:
     """The dimensions of a kernel's argument that stay static, by its key's shape part:
     the rows' length of the stochastic ``(n / ROW, ROW)`` view, or those a non-flat
-    format's :meth:`~qtorch.formats.base.Format.static_sizes` flags (in the key)."""
+    format's :meth:`~qtorch.formats.base.Format.static_sizes` flags (in the key, with
+    its :meth:`~qtorch.formats.base.Format.shape_branches`)."""
     if shape_key == "rows":
         return {ndim - 1}
     if isinstance(shape_key, tuple):
-        return {dim for dim, static in enumerate(shape_key) if static}
+        static_sizes, _ = shape_key
+        return {dim for dim, static in enumerate(static_sizes) if static}
     return set()
 
 

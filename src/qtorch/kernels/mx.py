@@ -102,6 +102,23 @@ def static_sizes(shape: Sequence[int], block_size: int, dim: int) -> tuple[bool,
     return tuple(static)
 
 
+def shape_branches(shape: Sequence[int], block_size: int, dim: int) -> tuple[bool, ...]:
+    """For :meth:`qtorch.formats.base.Format.shape_branches` of a format with blocks of
+    ``block_size`` along ``dim``: whether :func:`to_blocks` pads ``dim`` (its length is
+    not a multiple of ``block_size``), and whether ``dim`` holds a single block.
+
+    Compiled for a length that is a multiple, the kernel's graph holds the guard
+    ``s % block_size == 0``, and the first padded length made Dynamo compile another
+    (and the other way round); compiled for several blocks, it holds ``n_blocks != 1``
+    (torch's contiguity check specializes a size of 1), and a length short of one block
+    made a third. An invalid ``dim`` is left to the kernel to reject.
+    """
+    d = dim + len(shape) if dim < 0 else dim
+    if not 0 <= d < len(shape):
+        return (False, False)
+    return (shape[d] % block_size != 0, shape[d] <= block_size)
+
+
 def piece_layout(
     shape: Sequence[int], block_size: int, dim: int, caller: str
 ) -> tuple[tuple[int, ...], int]:
