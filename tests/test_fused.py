@@ -17,6 +17,7 @@ from edge_cases import SPECIALS_F32, bits_equal, random_float32
 import qtorch
 from qtorch.cli.bench import FAMILIES, family_format
 from qtorch.kernels import fused, mx
+from qtorch.kernels.eager import run as eager_run
 from qtorch.kernels.per_block import stored
 from qtorch.rounding import Rounding
 
@@ -381,6 +382,33 @@ def test_blocks_dimension_never_recompiles_behind_the_cache(
     assert len(fused._cache) == 3  # one kernel per branch (the cache was empty)
     assert counters["stats"]["unique_graphs"] - graphs == 3
     assert not fused._broken
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Inductor's own, on import
+@pytest.mark.parametrize("name", ["fixed(8,4)", "mx(float8_e4m3fn, 32, 0)"])
+def test_more_than_2_to_the_32_elements_get_a_wide_kernel(name: str) -> None:
+    """Stochastic kernels for more than 2**32 elements make the noise with the high word
+    of each index (a kernel of their own): the default kernel's noise has a guard on the
+    size, and past it Dynamo compiled a graph concatenating a piece per run of 2**32, a
+    float32 noise buffer of the tensor's size (4,294,967,344 float16 took 24 GiB and were
+    killed). The wide kernel gives the eager bits on any size."""
+    fmt = _format(name)
+    huge = torch.empty(2, 1).expand(2, 2**31 + 8)  # 2**32 + 16 elements, no storage
+    assert fused._key(huge, fmt, Rounding.STOCHASTIC, False, "cpu")[5]
+    assert not fused._key(huge, fmt, Rounding.NEAREST, False, "cpu")[5]
+    assert not fused._key(huge[:, : 2**31], fmt, Rounding.STOCHASTIC, False, "cpu")[5]
+    for rows in (False, True) if fmt.flat_kernel else (False,):
+        kernel = fused._make_kernel(fmt, Rounding.STOCHASTIC, torch.float32, False, rows, True)
+        for shape in [(4099,), (64, 48)] if fmt.flat_kernel else [(70, 3), (64, 5)]:
+            x = torch.randn(shape) * 3
+            if rows and x.numel() % fused.ROW:
+                continue
+            arg = x.view(-1, fused.ROW) if rows else x.view(-1) if fmt.flat_kernel else x
+            seed = torch.tensor(-12345)
+            got = kernel(arg, seed)
+            assert got is not None
+            expected = eager_run(x, fmt, Rounding.STOCHASTIC, seed, torch.float32, inplace=False)
+            assert bits_equal(got.view(shape), expected), (rows, shape)
 
 
 def test_formats_of_one_family_do_not_share_state() -> None:

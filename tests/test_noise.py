@@ -13,6 +13,7 @@ the same checks are marked slow.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -214,8 +215,10 @@ def test_noise_at_given_indices_matches_reference(dtype: torch.dtype) -> None:
         assert bits_equal(got.view(-1), torch.tensor(expected, dtype=dtype)), seed
 
 
+@INDUCTOR_NOTICES
 def test_rows_across_2_to_the_32_match_reference() -> None:
-    # rows are made one run of 2**32 indices at a time too
+    # each row takes the high word of its start, eagerly and compiled
+    compiled = torch.compile(noise._uniform_rows, fullgraph=True)
     for seed in SEEDS[1::2]:
         s = torch.tensor(seed)
         for first, rows, length in ((2**28 - 2, 5, 16), (3 * 2**27 - 1, 2, 32), (5, 3, 16)):
@@ -225,6 +228,50 @@ def test_rows_across_2_to_the_32_match_reference() -> None:
             indices = range(start, start + rows * length)
             expected = torch.tensor([reference_uniform(seed, i, 24) for i in indices])
             assert bits_equal(got.view(-1), expected), (seed, first)
+            assert bits_equal(compiled(s, rows, length, first).view(-1), expected)
+            wide = noise._uniform_rows(s, rows, length, first, wide=True)
+            assert bits_equal(wide.view(-1), expected)
+            assert bits_equal(compiled(s, rows, length, first, True).view(-1), expected)
+
+
+def _straddling(seed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The noise of len(x) indices across 2**32 (a symbolic range when compiled)."""
+    n = x.shape[0]
+    return noise.uniform_range(seed, 2**32 - n // 2, 2**32 - n // 2 + n, wide=True)
+
+
+def _straddling_rows(seed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The noise of len(x) rows of 16 across 2**32."""
+    n = x.shape[0]
+    return noise._uniform_rows(seed, n, 16, 2**28 - n // 2, wide=True)
+
+
+@INDUCTOR_NOTICES
+@pytest.mark.parametrize(("make", "row"), [(_straddling, 1), (_straddling_rows, 16)])
+def test_wide_noise_is_one_graph_across_2_to_the_32(
+    make: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], row: int
+) -> None:
+    """``wide``: the high word of each index (or row), computed in the graph. Without it
+    the indices are made in a piece per run of 2**32 (a guard on the size, and a graph
+    concatenating the pieces, a full-size buffer, for more than 2**32 elements)."""
+    from torch._dynamo.utils import counters
+
+    compiled = torch.compile(make, fullgraph=True)
+    graphs = None
+    for n in (64, 37, 1000, 2):
+        x = torch.empty(n)
+        torch._dynamo.mark_dynamic(x, 0)
+        start = (2**32 // row - n // 2) * row
+        stop = start + n * row
+        for seed in SEEDS[:3]:
+            expected = torch.tensor([reference_uniform(seed, i, 24) for i in range(start, stop)])
+            s = torch.tensor(seed)
+            assert bits_equal(make(s, x).view(-1), expected), (n, seed)
+            assert bits_equal(compiled(s, x).view(-1), expected), (n, seed)
+            assert bits_equal(noise.uniform_range(s, start, stop), expected)  # not wide
+        if graphs is None:
+            graphs = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def _rows(seed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

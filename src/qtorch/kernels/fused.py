@@ -235,7 +235,12 @@ def computes_on_rows(fmt: Format, x: torch.Tensor) -> bool:
 
 
 def _make_kernel(
-    fmt: Format, rounding: Rounding, out_dtype: torch.dtype, inplace: bool, rows: bool
+    fmt: Format,
+    rounding: Rounding,
+    out_dtype: torch.dtype,
+    inplace: bool,
+    rows: bool,
+    wide: bool = False,
 ) -> KernelFn:
     """A compiled kernel computing ``fmt.quantize_kernel`` on x, with the dtype casts fused.
 
@@ -243,7 +248,9 @@ def _make_kernel(
     from it inside the kernel. In place the kernel writes the result into x and returns
     None; otherwise it returns a new tensor. ``rows``: 16 divides x's size, and the noise is
     made in rows of ``ROW`` (x is the ``(n / ROW, ROW)`` view, which the kernel computes on
-    or flattens: :func:`computes_on_rows`).
+    or flattens: :func:`computes_on_rows`). ``wide``: x has more than 2**32 elements; the
+    noise takes the high word of each index (or row) in the graph, which then has no guard
+    on the size (``uniform_from_counter``).
     """
 
     def kernel(x: torch.Tensor, seed: torch.Tensor | None) -> torch.Tensor | None:
@@ -253,7 +260,8 @@ def _make_kernel(
             # made in the format's layout (the same numbers; see Format.noise_layout), or
             # in rows of ROW elements (elementwise formats, 16 dividing the size)
             shape, row = (work.shape, ROW) if rows else fmt.noise_layout(work.shape)
-            noise = uniform_from_counter(seed, shape, work.dtype, row=row).view(work.shape)
+            noise = uniform_from_counter(seed, shape, work.dtype, row=row, wide=wide)
+            noise = noise.view(work.shape)
             if rows and not computes_on_rows(fmt, x):
                 # x comes as the (n / ROW, ROW) view all the same: with the row count as
                 # the symbol, Inductor indexes the flattened noise's row as i // 16, not
@@ -394,9 +402,17 @@ def _key(
         shape_key = "rows"
     else:
         shape_key = "flat"
+    # Past 2**32 elements the noise's indices have a high word: a kernel of its own
+    wide = rounding is Rounding.STOCHASTIC and x.numel() > WIDE
     # In place, the kernel writes into x where the format allows it (Format.writes_into_x)
     write_into_arg = inplace and fmt.writes_into_x and x.is_contiguous()
-    return (fmt, rounding, x.dtype, device_type, shape_key, write_into_arg)
+    return (fmt, rounding, x.dtype, device_type, shape_key, wide, write_into_arg)
+
+
+#: Elements past which a stochastic kernel takes the high word of each noise index
+#: (``wide`` in :func:`_make_kernel`); a kernel for fewer has a guard on the size instead
+#: (:func:`qtorch.kernels.noise.uniform_range`), which calls past it never meet.
+WIDE = 2**32
 
 
 #: Row length of the view that elementwise stochastic kernels see (its noise index is built
@@ -464,7 +480,9 @@ def quantize_compiled(
                     # under ``-W error`` they would make every compile fail).
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        kern = _make_kernel(fmt, rounding, x.dtype, write_into_arg, rows)
+                        kern = _make_kernel(
+                            fmt, rounding, x.dtype, write_into_arg, rows, wide=bool(key[5])
+                        )
                         if verifying:
                             verify.check(kern, first, fmt, rounding, seed)
                             out = kern(arg, seed)
