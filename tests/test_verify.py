@@ -9,6 +9,7 @@ miscompiles on an AVX-512 CPU (qtorch.kernels.verify).
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import warnings
 from collections.abc import Callable
@@ -243,3 +244,88 @@ def test_large_probes_compare_both_ends(
             wrong = _eager_kernel(fmt, rounding, change, into)
             with pytest.raises(verify.MiscompiledKernel, match="1 of"):
                 verify.check(wrong, probe.clone(), fmt, rounding, seed)
+
+
+# --- the probe of a large call is smaller, with the call's kernel --------------------------
+
+
+_SHAPES = [
+    ("fixed(8,4)", Rounding.NEAREST, (3 * 2**20 + 4099,)),  # flat
+    ("fixed(8,4)", Rounding.STOCHASTIC, (2**20 + 64, 48)),  # the (n / 16, 16) view
+    ("block(8,0)", Rounding.NEAREST, (4099, 1, 513)),  # a size 1, kept
+    ("mxfp8_e4m3", Rounding.NEAREST, (300, 2**13 + 70)),  # padded, several blocks
+    ("mxfp8_e4m3", Rounding.STOCHASTIC, (2**17, 20)),  # short of one block
+    ("mx(float8_e4m3fn, 32, 0)", Rounding.NEAREST, (2**16, 32)),  # whole blocks down dim 0
+    ("nvfp4", Rounding.NEAREST, (2**21, 16)),  # one whole block: a constant size
+]
+
+
+@pytest.mark.parametrize(("name", "rounding", "shape"), _SHAPES, ids=str)
+def test_a_large_calls_probe_is_small_with_the_same_kernel(
+    name: str, rounding: Rounding, shape: tuple[int, ...]
+) -> None:
+    fmt = family_format(name)
+    x = torch.empty(shape)
+    key = fused._key(x, fmt, rounding, False, "cpu")
+    arg_shape = (-1, fused.ROW) if key[4] == "rows" else (-1,) if fmt.flat_kernel else shape
+    arg = x.view(arg_shape)
+    static = fused._static_dims(key[4], arg.dim())
+    small = verify.probe_shape(arg.shape, static, lambda s: fused._same_kernel(s, fmt, key[4]))
+    assert math.prod(small) <= verify.PROBE_MAX
+    assert len(small) == arg.dim()
+    for dim, (was, now) in enumerate(zip(arg.shape, small, strict=True)):
+        if dim in static or was <= 2:
+            assert now == was
+        else:
+            assert 2 <= now <= was
+    # the same kernel: a tensor of the probe's shape has x's cache key
+    if fmt.flat_kernel:
+        assert small[-1] == arg.shape[-1] or arg.dim() == 1
+        assert small[0] % verify.PERIOD == arg.shape[0] % verify.PERIOD  # the same tail
+    else:
+        assert fused._key(torch.empty(small), fmt, rounding, False, "cpu") == key
+
+
+def test_probe_shape_keeps_a_dimension_no_smaller_size_serves() -> None:
+    # blocks of 24 along the last dimension: no candidate keeps 10,000's remainder
+    def same(candidate: tuple[int, ...]) -> bool:
+        return candidate[1] % 24 == 10_000 % 24
+
+    assert verify.probe_shape((500, 10_000), set(), same) == (104, 10_000)  # 2**20 // 10,000
+    assert verify.probe_shape((500, 10_000), {0}, same) == (500, 10_000)
+    assert verify.probe_shape((1000, 1000), set(), lambda s: True) == (1000, 1000)  # small
+    assert verify.probe_shape((0, 10**7), set(), lambda s: True) == (0, 10**7)  # empty
+
+
+@pytest.mark.usefixtures("fresh_fused")
+@pytest.mark.parametrize(("name", "rounding", "shape"), _SHAPES[:5], ids=str)
+def test_a_large_first_call_compiles_once_on_a_small_probe(
+    monkeypatch: pytest.MonkeyPatch, name: str, rounding: Rounding, shape: tuple[int, ...]
+) -> None:
+    """The kernel compiled and checked on the small probe serves the call itself, with no
+    second graph (PROBE_MAX made small, for sizes that compile quickly)."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(verify, "PROBE_MAX", 2**12)
+    probes: list[int] = []
+    real_check = verify.check
+
+    def check(kernel: Any, probe: torch.Tensor, *args: Any) -> None:
+        probes.append(probe.numel())
+        real_check(kernel, probe, *args)
+
+    monkeypatch.setattr(verify, "check", check)
+    fmt = family_format(name)
+    x = torch.randn(shape[0] // 64 + 3, *shape[1:]) * 4  # ~1/64 of the size, still > 2**12
+    assert x.numel() > 2**12
+    expected = _eager(x, fmt, rounding.value)
+    graphs = counters["stats"]["unique_graphs"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        with qtorch.kernel_mode("compiled"):
+            torch.manual_seed(3)
+            got = qtorch.quantize(x, fmt, rounding)
+    assert bits_equal(got, expected)
+    assert len(probes) == 1 and probes[0] <= 2**12
+    assert counters["stats"]["unique_graphs"] - graphs == 1  # the call ran the probe's graph
+    assert len(fused._cache) == 1 and not fused._broken

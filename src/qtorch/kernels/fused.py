@@ -468,14 +468,22 @@ def quantize_compiled(
             with _compile_lock:
                 kern = _cache.get(key)  # another thread may have compiled it meanwhile
                 if kern is None:
-                    # The first call compiles, on a tensor of arg's shape with its sizes
-                    # marked (not x itself): the graph it makes has symbolic sizes, and
-                    # later inputs of any size (unmarked) match it without recompiling. On
-                    # the CPU that tensor is a probe, on which the kernel must give the
-                    # eager bits (qtorch.kernels.verify); elsewhere a view of arg.
+                    # The first call compiles, on a tensor with arg's cache key and its
+                    # sizes marked (not x itself): the graph it makes has symbolic sizes,
+                    # and later inputs of any size (unmarked) match it without recompiling.
+                    # On the CPU that tensor is a probe (of arg's shape, or smaller), on
+                    # which the kernel must give the eager bits (qtorch.kernels.verify);
+                    # elsewhere a view of arg.
+                    static = _static_dims(key[4], arg.dim())
                     verifying = _device_type(x) in verify.DEVICES
-                    first = verify.probe_like(arg) if verifying else arg.view(arg.shape)
-                    _mark_dynamic(first, _static_dims(key[4], arg.dim()))
+                    if verifying:
+                        shape = verify.probe_shape(
+                            arg.shape, static, lambda s: _same_kernel(s, fmt, key[4])
+                        )
+                        first = verify.probe_like(arg, shape)
+                    else:
+                        first = arg.view(arg.shape)
+                    _mark_dynamic(first, static)
                     # Inductor's own deprecation notices are not the user's business (and
                     # under ``-W error`` they would make every compile fail).
                     with warnings.catch_warnings():
@@ -644,6 +652,17 @@ def _static_dims(shape_key: Hashable, ndim: int) -> set[int]:
         static_sizes, _ = shape_key
         return {dim for dim, static in enumerate(static_sizes) if static}
     return set()
+
+
+def _same_kernel(shape: tuple[int, ...], fmt: Format, shape_key: Hashable) -> bool:
+    """Whether an argument of ``shape`` has the kernel whose key's shape part is
+    ``shape_key`` (an argument of the same rank, its static dimensions unchanged).
+
+    A flat kernel's argument (x flat, or its ``(n / ROW, ROW)`` view) has any shape of its
+    rank; a non-flat format's has the key's static sizes and branches."""
+    if not isinstance(shape_key, tuple):
+        return True
+    return (fmt.static_sizes(shape), fmt.shape_branches(shape)) == shape_key
 
 
 def _mark_dynamic(arg: torch.Tensor, static: set[int]) -> None:

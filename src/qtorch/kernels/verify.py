@@ -29,22 +29,26 @@ paths). A difference raises :class:`MiscompiledKernel`, and the caller falls bac
 eager kernels with one warning (:class:`qtorch.kernels.fused.CompileFallbackWarning`), as
 for a compile that fails.
 
-The probe has the shape of the call's input, so the kernel compiled on it (its sizes
-symbolic) is the one the call then runs. A large probe is compared at its two ends (the
-vector loop's body and its masked tail) where the eager path can round it in pieces, and
-whole otherwise. Measured first calls, compile included, 2 threads, cache warm: at
-4,194,304 float32 no difference in the noise (posit(8,2) nearest 3.73-3.76 s either way);
-at 1e8, posit(8,2) 4.5 s against 3.9 s, block(8) 4.7 against 3.9 s, MX E4M3 on a 1-D
-tensor 5.3-5.6 against 4.2-4.6 s (10.0 s while the eager path rounded 1-D MX whole), NVFP4
-5.1-7.6 against 4.2 s. CUDA kernels are not probed: Triton brings its own compiler, and
-the eager probe of a large CUDA tensor would need full-size temporaries on the device.
+The kernel compiled on the probe (its sizes symbolic) is the one the call then runs: the
+probe has the call's shape, or where that holds more than :data:`PROBE_MAX` elements a
+smaller shape with the same cache key (:func:`probe_shape`; the key names everything about
+a shape that the kernel's code depends on). A full-size probe and its result held the
+call's input twice more: 4,294,967,344 float16 (8 GiB), which later calls round in 16 GiB,
+took 24 GiB in the first compiled call, and the process was killed on a 24 GiB machine. A
+large probe is compared at its two ends (the vector loop's body and its masked tail) where
+the eager path can round it in pieces, and whole otherwise. First calls on 1e8 float32,
+compile included, 2 threads, Inductor's cache warm, nearest (with the full-size probe in
+brackets): posit(8,2) 4.5 s (5.1), block(8) 4.2 (5.1), MX E4M3 on a 1-D tensor 4.3 (5.0),
+NVFP4 4.7 (5.6); the peak above x 0.59-0.66 GiB (0.96-1.03), the result being 0.37.
+CUDA kernels are not probed: Triton brings its own compiler, and the eager probe of a
+large CUDA tensor would need full-size temporaries on the device.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -53,7 +57,17 @@ from qtorch.kernels.eager import CHUNK, piece_length, round_piece
 from qtorch.kernels.eager import run as eager_run
 from qtorch.rounding import Rounding
 
-__all__ = ["COMPARED", "DEVICES", "PATTERN", "MiscompiledKernel", "check", "probe_like"]
+__all__ = [
+    "COMPARED",
+    "DEVICES",
+    "PATTERN",
+    "PERIOD",
+    "PROBE_MAX",
+    "MiscompiledKernel",
+    "check",
+    "probe_like",
+    "probe_shape",
+]
 
 #: Device types whose kernels are checked on their first run.
 DEVICES = frozenset({"cpu"})
@@ -63,6 +77,12 @@ PATTERN = 4096
 
 #: Elements compared at each end of a large probe that the eager path rounds in pieces.
 COMPARED = 16 * PATTERN
+
+#: Most elements in a probe, where the call's shape allows a smaller one (:func:`probe_shape`).
+PROBE_MAX = 2**20
+
+#: A shrunk size of a probe keeps its remainder modulo this (:func:`probe_shape`).
+PERIOD = 4096
 
 _INT = {
     torch.float64: torch.int64,
@@ -101,12 +121,55 @@ def _pattern(dtype: torch.dtype) -> torch.Tensor:
     )
 
 
-def probe_like(arg: torch.Tensor) -> torch.Tensor:
-    """A new contiguous tensor of ``arg``'s shape, dtype and device holding the probe values
-    (:data:`PATTERN` of them, repeated)."""
-    n = arg.numel()
+def probe_like(arg: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
+    """A new contiguous tensor of ``shape`` (default: ``arg``'s), with ``arg``'s dtype and
+    device, holding the probe values (:data:`PATTERN` of them, repeated)."""
+    shape = arg.shape if shape is None else tuple(shape)
+    n = math.prod(shape)
     pattern = _pattern(arg.dtype).to(arg.device)
-    return pattern.repeat(-(-n // PATTERN))[:n].view(arg.shape)
+    return pattern.repeat(-(-n // PATTERN))[:n].view(shape)
+
+
+def probe_shape(
+    shape: Sequence[int], keep: set[int], same: Callable[[tuple[int, ...]], bool]
+) -> tuple[int, ...]:
+    """``shape``, or where it holds more than :data:`PROBE_MAX` elements a smaller shape
+    that ``same`` accepts (its compiled kernel is ``shape``'s: the same cache key).
+
+    The dimensions in ``keep`` (constants of the kernel) and the sizes of 0, 1 and 2 are
+    kept; the others shrink, the largest first, to no less than 2 (so Dynamo keeps them
+    symbolic) and, where ``same`` allows, to the largest size that fits keeping the
+    remainder modulo :data:`PERIOD`, so that a masked vector tail and the padding of
+    blocks (of any power-of-two size up to it) come out as in the call. A dimension that
+    no candidate size keeps ``same`` stays whole.
+    """
+    out = tuple(shape)
+    for dim in sorted(range(len(out)), key=lambda d: -out[d]):
+        n = math.prod(out)
+        if n <= PROBE_MAX:
+            break
+        size = out[dim]
+        if dim in keep or size <= 2:
+            continue
+        target = PROBE_MAX // (n // size)
+        for candidate in _smaller_sizes(size, target):
+            trial = (*out[:dim], candidate, *out[dim + 1 :])
+            if same(trial):
+                out = trial
+                break
+    return out
+
+
+def _smaller_sizes(size: int, target: int) -> list[int]:
+    """Sizes below ``size`` for :func:`probe_shape` to try, the likeliest first: the largest
+    of at most ``target`` (or the smallest) with ``size``'s remainder modulo :data:`PERIOD`
+    and at least 2, that plus :data:`PERIOD`, ``target`` itself, and 2."""
+    low = size % PERIOD
+    if low < 2:
+        low += PERIOD
+    fit = max(low, low + (target - low) // PERIOD * PERIOD)
+    candidates = (fit, low + PERIOD, max(target, 2), 2)
+    return [c for c in dict.fromkeys(candidates) if c < size]
 
 
 def _differ(a: torch.Tensor, b: torch.Tensor) -> int:
