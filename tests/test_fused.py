@@ -390,8 +390,8 @@ def test_more_than_2_to_the_32_elements_get_a_wide_kernel(name: str) -> None:
     """Stochastic kernels for more than 2**32 elements make the noise with the high word
     of each index (a kernel of their own): the default kernel's noise has a guard on the
     size, and past it Dynamo compiled a graph concatenating a piece per run of 2**32, a
-    float32 noise buffer of the tensor's size (4,294,967,344 float16 took 24 GiB and were
-    killed). The wide kernel gives the eager bits on any size."""
+    float32 noise buffer of the tensor's size (4,294,967,344 float16 took more than 24 GiB
+    and were killed). The wide kernel gives the eager bits on any size."""
     fmt = _format(name)
     huge = torch.empty(2, 1).expand(2, 2**31 + 8)  # 2**32 + 16 elements, no storage
     assert fused._key(huge, fmt, Rounding.STOCHASTIC, False, "cpu")[5]

@@ -150,8 +150,8 @@ class NVFP4(Format):
         return kernel.static_sizes(shape, self.block_size, self.dim)
 
     def shape_branches(self, shape: Sequence[int]) -> tuple[bool, ...]:
-        """Whether the blocks' dimension is padded to whole blocks
-        (:func:`qtorch.kernels.mx.shape_branches`)."""
+        """Whether the blocks' dimension is padded to whole blocks, and whether it holds
+        one block (:func:`qtorch.kernels.mx.shape_branches`)."""
         return kernel.shape_branches(shape, self.block_size, self.dim)
 
     def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
