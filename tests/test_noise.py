@@ -228,10 +228,11 @@ def test_rows_across_2_to_the_32_match_reference() -> None:
             indices = range(start, start + rows * length)
             expected = torch.tensor([reference_uniform(seed, i, 24) for i in indices])
             assert bits_equal(got.view(-1), expected), (seed, first)
-            assert bits_equal(compiled(s, rows, length, first).view(-1), expected)
             wide = noise._uniform_rows(s, rows, length, first, wide=True)
             assert bits_equal(wide.view(-1), expected)
-            assert bits_equal(compiled(s, rows, length, first, True).view(-1), expected)
+            if first == 2**28 - 2:  # compiled too (a graph per set of constants)
+                assert bits_equal(compiled(s, rows, length, first).view(-1), expected)
+                assert bits_equal(compiled(s, rows, length, first, True).view(-1), expected)
 
 
 def _straddling(seed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
