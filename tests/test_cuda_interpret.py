@@ -67,12 +67,18 @@ def test_every_family_and_rounding_matches_eager(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args",
     [
+        # (20-45 s each with cold compile caches: the default run samples the odd shape)
         # quantize_ on whole rows of 16 (the stochastic row view) and whole NVFP4 blocks
-        ("--inplace", "--shape", "4128", "--formats", "codebook16", "block", "nvfp4"),
+        pytest.param(
+            ("--inplace", "--shape", "4128", "--formats", "codebook16", "block", "nvfp4"),
+            marks=pytest.mark.slow,
+        ),
         # 2-D, no dimension a multiple of 16: padded MX and NVFP4 blocks along the rows
         ("--shape", "3,333", "--formats", "mx", "nvfp4"),
         # the casts to and from float32 inside the kernels
-        ("--dtype", "bfloat16", "--formats", "posit", "nvfp4"),
+        pytest.param(
+            ("--dtype", "bfloat16", "--formats", "posit", "nvfp4"), marks=pytest.mark.slow
+        ),
     ],
     ids=["in-place", "odd-shape", "bfloat16"],
 )
