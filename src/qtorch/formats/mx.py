@@ -68,8 +68,32 @@ def check_block(owner: str, block_size: int, dim: int) -> None:
         raise ValueError(f"{owner}: dim must be an int, got {dim!r}")
 
 
+class BlocksAlongDim:
+    """The compiled kernel's view of a format with blocks of ``block_size`` consecutive
+    elements along ``dim`` (MX, NVFP4): which sizes are constants, the branches its code
+    takes on the shape, and the layout its noise is made in (:mod:`qtorch.kernels.mx`).
+    Put before :class:`~qtorch.formats.base.Format` among the bases."""
+
+    block_size: int
+    dim: int
+
+    def static_sizes(self, shape: Sequence[int]) -> tuple[bool, ...]:
+        """Sizes of 1, and the blocks' dimension when it is one whole block
+        (:func:`qtorch.kernels.mx.static_sizes`)."""
+        return kernel.static_sizes(shape, self.block_size, self.dim)
+
+    def shape_branches(self, shape: Sequence[int]) -> tuple[bool, ...]:
+        """Whether the blocks' dimension is padded to whole blocks, and whether it holds
+        one block (:func:`qtorch.kernels.mx.shape_branches`)."""
+        return kernel.shape_branches(shape, self.block_size, self.dim)
+
+    def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
+        """The blocks' layout, when they run along the last dimension and fill it."""
+        return kernel.noise_layout(shape, self.block_size, self.dim, type(self).__name__)
+
+
 @dataclass(frozen=True, repr=False)
-class MX(Format):
+class MX(BlocksAlongDim, Format):
     """An OCP Microscaling block format: blocks along ``dim`` share one E8M0 scale.
 
     Per block of ``block_size`` consecutive elements along ``dim`` (the last block is shorter
@@ -169,20 +193,6 @@ class MX(Format):
             return None
         unit, align = kernel.piece_layout(x.shape, self.block_size, self.dim, "MX")
         return EagerPieces(unit, self.quantize_kernel, align)
-
-    def static_sizes(self, shape: Sequence[int]) -> tuple[bool, ...]:
-        """Sizes of 1, and the blocks' dimension when it is one whole block
-        (:func:`qtorch.kernels.mx.static_sizes`)."""
-        return kernel.static_sizes(shape, self.block_size, self.dim)
-
-    def shape_branches(self, shape: Sequence[int]) -> tuple[bool, ...]:
-        """Whether the blocks' dimension is padded to whole blocks, and whether it holds
-        one block (:func:`qtorch.kernels.mx.shape_branches`)."""
-        return kernel.shape_branches(shape, self.block_size, self.dim)
-
-    def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
-        """The blocks' layout, when they run along the last dimension and fill it."""
-        return kernel.noise_layout(shape, self.block_size, self.dim, "MX")
 
     def quantize_kernel(
         self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from qtorch.formats.base import EagerPieces, Format, pieces_of
-from qtorch.formats.mx import check_block
+from qtorch.formats.mx import BlocksAlongDim, check_block
 from qtorch.formats.presets import float4_e2m1fn, float8_e4m3fn
 from qtorch.kernels import mx as kernel
 from qtorch.rounding import Rounding
@@ -24,7 +23,7 @@ def _scale_e4m3(raw: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class NVFP4(Format):
+class NVFP4(BlocksAlongDim, Format):
     """NVIDIA's NVFP4: E2M1 elements with an E4M3 scale per block and a float32 tensor scale.
 
     Blocks are ``block_size`` consecutive elements along ``dim`` (the last block is shorter
@@ -143,20 +142,6 @@ class NVFP4(Format):
             return self._quantize(piece, rounding, noise, g)
 
         return EagerPieces(unit, scaled, align)
-
-    def static_sizes(self, shape: Sequence[int]) -> tuple[bool, ...]:
-        """Sizes of 1, and the blocks' dimension when it is one whole block
-        (:func:`qtorch.kernels.mx.static_sizes`)."""
-        return kernel.static_sizes(shape, self.block_size, self.dim)
-
-    def shape_branches(self, shape: Sequence[int]) -> tuple[bool, ...]:
-        """Whether the blocks' dimension is padded to whole blocks, and whether it holds
-        one block (:func:`qtorch.kernels.mx.shape_branches`)."""
-        return kernel.shape_branches(shape, self.block_size, self.dim)
-
-    def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
-        """The blocks' layout, when they run along the last dimension and fill it."""
-        return kernel.noise_layout(shape, self.block_size, self.dim, "NVFP4")
 
     def quantize_kernel(
         self, x: torch.Tensor, rounding: Rounding, noise: torch.Tensor | None
