@@ -96,7 +96,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -397,7 +397,7 @@ def _key(
     """The cache key: one compiled kernel (and one Dynamo code object) per key."""
     shape_key: Hashable
     if not fmt.flat_kernel:
-        shape_key = (fmt.static_sizes(x.shape), fmt.shape_branches(x.shape))
+        shape_key = _shape_class(fmt, x.shape)
     elif rounding is Rounding.STOCHASTIC and x.numel() % ROW == 0:
         shape_key = "rows"
     else:
@@ -662,7 +662,12 @@ def _same_kernel(shape: tuple[int, ...], fmt: Format, shape_key: Hashable) -> bo
     rank; a non-flat format's has the key's static sizes and branches."""
     if not isinstance(shape_key, tuple):
         return True
-    return (fmt.static_sizes(shape), fmt.shape_branches(shape)) == shape_key
+    return _shape_class(fmt, shape) == shape_key
+
+
+def _shape_class(fmt: Format, shape: Sequence[int]) -> Hashable:
+    """A non-flat format's shape part of the key: its static sizes and shape branches."""
+    return (fmt.static_sizes(shape), fmt.shape_branches(shape))
 
 
 def _mark_dynamic(arg: torch.Tensor, static: set[int]) -> None:
