@@ -258,7 +258,8 @@ def test_compiled_kernel_is_bitwise_eager(fmt: BlockFloatingPoint, mode: Roundin
 
 @pytest.mark.parametrize("n", [1, 4095, 4096, 4097, 3 * 4096 + 5])
 def test_max_in_rows_is_the_maximum(n: int) -> None:
-    """The CUDA path's whole-tensor maximum (rows of 4096, then the rest) against amax."""
+    """The compiled Triton path's whole-tensor maximum (rows of 4096 of t zero-padded to
+    whole rows and one more) against amax."""
     t = torch.randint(0, 2**31 - 1, (n,), generator=torch.Generator().manual_seed(n))
     t = t.to(torch.int32)
     for where in (0, n // 2, n - 1):  # the maximum in the first row, the middle, the tail

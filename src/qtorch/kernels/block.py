@@ -31,7 +31,9 @@ def block_max(x: torch.Tensor, dim: int) -> torch.Tensor:
     lay = layout(x.dtype)
     magnitude = x.view(lay.int_dtype) & ((1 << (lay.exponent_bits + lay.mantissa_bits)) - 1)
     if dim == -1:
-        top = magnitude.amax() if x.device.type != "cuda" else max_in_rows(magnitude)
+        # compiled off the CPU (Triton): in rows; else ATen's or Inductor's C++ reduction
+        rows = x.device.type != "cpu" and torch.compiler.is_compiling()
+        top = max_in_rows(magnitude) if rows else magnitude.amax()
     else:
         others = [d for d in range(x.ndim) if d != dim]
         top = magnitude.amax(dim=others, keepdim=True) if others else magnitude
@@ -43,18 +45,29 @@ MAX_ROW = 4096
 
 
 def max_in_rows(t: torch.Tensor) -> torch.Tensor:
-    """``t.amax()`` (t not empty) as the maximum of the maxima of rows of :data:`MAX_ROW`.
+    """``t.amax()`` of a tensor of magnitudes (never negative) as the maximum of the
+    maxima of rows of :data:`MAX_ROW`, for a kernel compiled for Triton.
 
-    For CUDA: a kernel compiled for symbolic sizes splits a whole-tensor reduction into as
-    many pieces as suited the size it was first compiled for (128 at 1,048,576), so 1e8
-    elements ran on 128 programs. Rows give one program per row at every size (the
-    elements past the last whole row join the row maxima). On an H200, block(8) nearest on
-    1e8 float32: 0.51 → 0.41 ms (copy 0.21 ms).
+    There a kernel compiled for symbolic sizes splits a whole-tensor reduction into as many
+    pieces as suited the size it was first compiled for (128 at 1,048,576), so 1e8 elements
+    ran on 128 programs. Rows give one program per row at every size. On an H200, block(8)
+    nearest on 1e8 float32: 0.51 → 0.41 ms (copy 0.21 ms).
+
+    t is zero-padded to :func:`rows_extent` elements, whole rows and one more, so that no
+    piece of the traced code has a size that can be 0 or 1: cutting the rows and the tail
+    apart made Dynamo guard on the tail's size (0, 1 or more) and the row count (0, 1 or
+    more), and a size in another class than the compiling one got a second graph behind
+    qtorch's cache (the guards read with benchmarks/cuda_codegen.py).
     """
     flat = t.reshape(-1)
-    whole = flat.numel() - flat.numel() % MAX_ROW
-    rows = flat[:whole].view(-1, MAX_ROW).amax(dim=1)
-    return torch.cat([rows, flat[whole:]]).amax()
+    pad = rows_extent(flat.numel()) - flat.numel()
+    return torch.nn.functional.pad(flat, (0, pad)).view(-1, MAX_ROW).amax(dim=1).amax()
+
+
+def rows_extent(n: int) -> int:
+    """The length :func:`max_in_rows` pads n elements to: whole rows of :data:`MAX_ROW`,
+    at least two, and 4097 to 8192 elements of padding."""
+    return MAX_ROW * (n // MAX_ROW + 2)
 
 
 def quantize_block(
