@@ -424,6 +424,40 @@ def test_more_than_2_to_the_32_elements_get_a_wide_kernel(name: str) -> None:
             assert bits_equal(got.view(shape), expected), (rows, shape)
 
 
+@pytest.mark.parametrize(
+    ("spec", "shape", "index_class"),
+    [
+        ("fixed(8,4)", (2**31 - 1,), 0),
+        ("fixed(8,4)", (2**31,), 2),
+        ("fixed(8,4)", (2, 2**30 + 1), 2),
+        # MX (blocks of 32) and NVFP4 (16) pad the blocks' dimension to whole blocks
+        ("mxfp8_e4m3", (2**31 - 32,), 0),
+        ("mxfp8_e4m3", (2**31 - 31,), 1),  # padded to 2**31
+        ("mxfp8_e4m3", (2**31 + 32,), 2),
+        ("mx(float8_e4m3fn, 32, 0)", (2**26 - 1, 31), 0),  # dim 0 padded to 2**26 rows
+        ("mx(float8_e4m3fn, 32, 0)", (2**26 - 1, 32), 1),  # 2**31 - 32, padded 2**31
+        ("nvfp4", (2**31 - 8,), 1),
+        ("nvfp4", (2**31 - 16,), 0),
+        # block floating point pads to whole rows of 4096 and one more (4097-8192 elements)
+        ("block(8)", (2**31 - 8193,), 0),  # 4097 elements of padding: 2**31 - 4096
+        ("block(8)", (2**31 - 8192,), 1),  # 8192 of padding: 2**31
+        ("block(8,0)", (2**31 - 1, 1), 0),  # a block per slice: no padding
+    ],
+)
+def test_the_key_keeps_triton_index_widths_apart(
+    spec: str, shape: tuple[int, ...], index_class: int
+) -> None:
+    """Off the CPU the key counts which of x's size and the kernel's largest tensor pass
+    2**31 - 1 elements: Inductor's Triton code indexes loops up to that size in 32 bits,
+    with a guard, larger ones in 64 (``benchmarks/cuda_codegen.py --key-classes`` checks
+    the guards of each class). The CPU's C++ indexes in 64 bits everywhere."""
+    fmt = _format(spec)
+    x = torch.empty(shape, device="meta")
+    for rounding in (Rounding.NEAREST, Rounding.STOCHASTIC):
+        assert fused._key(x, fmt, rounding, False, "cuda").long_index == index_class
+        assert fused._key(x, fmt, rounding, False, "cpu").long_index == 0
+
+
 def test_formats_of_one_family_do_not_share_state() -> None:
     # Two formats of one family with the same rounding compile separately; Dynamo must not
     # see the second one's parameters as "changed constants" of the first and make them

@@ -7,6 +7,7 @@ derived property. :func:`qtorch.quantize` talks to a format only through this pr
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar, NamedTuple
 
@@ -91,6 +92,19 @@ class Format(abc.ABC):
         its own kernel, compiled and checked like the first. Default: none.
         """
         return ()
+
+    def kernel_extent(self, shape: Sequence[int]) -> int:
+        """The element count of the largest tensor a kernel compiled off the CPU for x of
+        ``shape`` reads or makes: x's own (default). A format whose kernel pads x makes
+        more (MX and NVFP4: the blocks' dimension, to whole blocks; block floating point
+        with one block: x, to whole rows).
+
+        With x's own count it decides the kernel's index widths, part of its cache key
+        (:class:`qtorch.kernels.fused.KernelKey`): Inductor's Triton code indexes a loop
+        over at most 2**31 - 1 elements in 32 bits, with a guard on the size, and a larger
+        one in 64 bits.
+        """
+        return math.prod(shape)
 
     @abc.abstractmethod
     def quantize_kernel(

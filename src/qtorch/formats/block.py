@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -9,7 +11,7 @@ import torch
 
 from qtorch.formats.base import EagerPieces, Format, pieces_of
 from qtorch.formats.fixed import check_int
-from qtorch.kernels.block import block_max, quantize_block
+from qtorch.kernels.block import block_max, quantize_block, rows_extent
 from qtorch.rounding import Rounding
 
 __all__ = ["BlockFloatingPoint"]
@@ -58,6 +60,12 @@ class BlockFloatingPoint(Format):
     def flat_kernel(self) -> bool:
         """One block per tensor (``dim=-1``): the result does not depend on x's shape."""
         return self.dim == -1
+
+    def kernel_extent(self, shape: Sequence[int]) -> int:
+        """``dim=-1``: x's element count padded as a kernel compiled off the CPU takes the
+        block's maximum (:func:`qtorch.kernels.block.rows_extent`). Other ``dim``: x's."""
+        n = math.prod(shape)
+        return rows_extent(n) if self.dim == -1 else n
 
     def eager_pieces(self, x: torch.Tensor, dtype: torch.dtype, chunk: int) -> EagerPieces | None:
         """``dim=0``: whole slices ``x[i]``. ``dim=-1``: any pieces, once the one block's

@@ -87,6 +87,11 @@ class BlocksAlongDim:
         one block (:func:`qtorch.kernels.mx.shape_branches`)."""
         return kernel.shape_branches(shape, self.block_size, self.dim)
 
+    def kernel_extent(self, shape: Sequence[int]) -> int:
+        """x's element count with the blocks' dimension padded to whole blocks
+        (:func:`qtorch.kernels.mx.padded_numel`)."""
+        return kernel.padded_numel(shape, self.block_size, self.dim)
+
     def noise_layout(self, shape: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
         """The blocks' layout, when they run along the last dimension and fill it."""
         return kernel.noise_layout(shape, self.block_size, self.dim, type(self).__name__)

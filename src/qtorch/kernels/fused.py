@@ -17,6 +17,11 @@ avoids the known traps:
   per choice its code makes on the shape (``Format.shape_branches``: for MX and NVFP4,
   whether that dimension is padded to whole blocks, and whether it is one block), so
   Dynamo never recompiles one behind the cache.
+* **Index width.** Off the CPU, Inductor's Triton code indexes loops over at most
+  2**31 - 1 elements in 32 bits, guarded, and larger ones in 64: the key keeps the calls
+  on each side of that size apart (:class:`KernelKey`), so neither a large call after
+  small ones compiles behind the cache nor a large first call leaves 64-bit indices to
+  every later size.
 * **Recompile limit.** Dynamo caches compiled graphs per Python code object and allows
   ``recompile_limit`` (8) of them. Each cache key here gets its own copy of the kernel's
   code object, so every code object holds one graph and the global limit is never reached
@@ -98,6 +103,7 @@ import time
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -146,11 +152,12 @@ class CompileFallbackWarning(RuntimeWarning):
 
 _lock = threading.Lock()
 _compile_lock = threading.Lock()
-_cache: dict[Hashable, KernelFn] = {}
-_broken: set[Hashable] = set()
-_eager_seconds: dict[Hashable, float] = {}
-_timings: dict[Hashable, tuple[list[float], list[float]]] = {}  # (eager, compiled) seconds
-_faster: dict[Hashable, str] = {}  # "eager" or "compiled", per (key, size class)
+_cache: dict[KernelKey, KernelFn] = {}
+_broken: set[KernelKey] = set()
+_eager_seconds: dict[KernelKey, float] = {}
+#: per (key, size class): the (eager, compiled) seconds timed, then the faster path
+_timings: dict[tuple[KernelKey, int], tuple[list[float], list[float]]] = {}
+_faster: dict[tuple[KernelKey, int], str] = {}  # "eager" or "compiled"
 _clock = time.perf_counter
 _warned = False
 _serial = itertools.count()
@@ -282,7 +289,7 @@ def _make_kernel(
     return CompiledKernel(_compile(kernel, capture), capture)
 
 
-def _fail(key: Hashable, fmt: Format, err: Exception) -> None:
+def _fail(key: KernelKey, fmt: Format, err: Exception) -> None:
     global _warned
     with _lock:
         _broken.add(key)
@@ -345,7 +352,7 @@ def _faster_path(
     seed: torch.Tensor | None,
     inplace: bool,
     eager: Callable[[], torch.Tensor],
-    key: tuple[Hashable, ...],
+    key: KernelKey,
     plan_key: PlanKey | None = None,
 ) -> torch.Tensor:
     """Run x on the path that was faster for its size class, timing both paths first.
@@ -391,10 +398,39 @@ def _finish_queued(x: torch.Tensor) -> None:
         torch.cuda.synchronize(x.device)
 
 
+class KernelKey(NamedTuple):
+    """The cache key: one compiled kernel (and one Dynamo code object) per key.
+
+    It names everything the kernel's traced code depends on, so that Dynamo's guards on
+    the first call hold for every later call with the same key, and Dynamo never compiles
+    a second graph behind the cache (outside its compile lock, unchecked).
+    """
+
+    fmt: Format
+    rounding: Rounding
+    #: x's dtype
+    dtype: torch.dtype
+    device_type: str
+    #: "flat", "rows" (the ``(n / ROW, ROW)`` view, elementwise stochastic), or a format's
+    #: static sizes and shape branches (:func:`_shape_class`)
+    shape: Hashable
+    #: stochastic, more than :data:`WIDE` elements: the noise takes each index's high word
+    wide: bool
+    #: off the CPU, how many of x's element count and the kernel's extent (the largest
+    #: tensor it makes or reads: ``Format.kernel_extent``) pass :data:`INDEX_MAX`: 0, 1
+    #: (only the extent) or 2. Inductor's Triton code indexes the loops over more elements
+    #: in 64 bits, the others in 32 with a guard on their size, which a call in another
+    #: class would fail.
+    long_index: int
+    #: the kernel writes its result into x (``quantize_``, ``Format.writes_into_x``, x
+    #: contiguous)
+    write_into_arg: bool
+
+
 def _key(
     x: torch.Tensor, fmt: Format, rounding: Rounding, inplace: bool, device_type: str
-) -> tuple[Hashable, ...]:
-    """The cache key: one compiled kernel (and one Dynamo code object) per key."""
+) -> KernelKey:
+    """x's cache key (:class:`KernelKey`)."""
     shape_key: Hashable
     if not fmt.flat_kernel:
         shape_key = _shape_class(fmt, x.shape)
@@ -404,15 +440,27 @@ def _key(
         shape_key = "flat"
     # Past 2**32 elements the noise's indices have a high word: a kernel of its own
     wide = rounding is Rounding.STOCHASTIC and x.numel() > WIDE
+    # Inductor's C++ indexes in 64 bits at every size; Triton's in 32 where it can
+    long_index = 0
+    if device_type != "cpu":
+        long_index = (x.numel() > INDEX_MAX) + (fmt.kernel_extent(x.shape) > INDEX_MAX)
     # In place, the kernel writes into x where the format allows it (Format.writes_into_x)
     write_into_arg = inplace and fmt.writes_into_x and x.is_contiguous()
-    return (fmt, rounding, x.dtype, device_type, shape_key, wide, write_into_arg)
+    return KernelKey(
+        fmt, rounding, x.dtype, device_type, shape_key, wide, long_index, write_into_arg
+    )
 
 
 #: Elements past which a stochastic kernel takes the high word of each noise index
 #: (``wide`` in :func:`_make_kernel`); a kernel for fewer has a guard on the size instead
 #: (:func:`qtorch.kernels.noise.uniform_range`), which calls past it never meet.
 WIDE = 2**32
+
+#: The most elements a loop of Inductor's Triton code indexes in 32 bits: where a kernel's
+#: tensors have at most this many, its indices are 32-bit with a guard on the size
+#: (``s0 <= 2147483647``: read with benchmarks/cuda_codegen.py), else 64-bit with no
+#: guard. The key's ``long_index`` keeps calls of each class to kernels compiled in it.
+INDEX_MAX = 2**31 - 1
 
 
 #: Row length of the view that elementwise stochastic kernels see (its noise index is built
@@ -427,7 +475,7 @@ def quantize_compiled(
     seed: torch.Tensor | None,
     inplace: bool,
     eager: Callable[[], torch.Tensor],
-    key: tuple[Hashable, ...] | None = None,
+    key: KernelKey | None = None,
     kern: KernelFn | None = None,
     plan: tuple[PlanKey, str] | None = None,
 ) -> torch.Tensor:
@@ -446,14 +494,14 @@ def quantize_compiled(
         kern = _cache.get(key)
     if kern is None and key in _broken:
         return eager()
-    write_into_arg = bool(key[-1])
+    write_into_arg = key.write_into_arg
     src = x if x.is_contiguous() else x.contiguous()
     # The flat view of a row-major tensor (and its (n / ROW, ROW) view, for elementwise
     # stochastic kernels) keeps each element's row-major index, so the noise made from the
     # seed inside the kernel is the eager path's. (Views are avoided
     # where they are not needed: after a large kernel each costs 25-45 µs, the caches
     # holding tensor data; see qtorch.kernels.compiled_call.)
-    rows = key[4] == "rows"  # the shape key
+    rows = key.shape == "rows"
     if rows:
         arg = src.view(-1, ROW)
     elif fmt.flat_kernel and src.dim() != 1:
@@ -474,11 +522,11 @@ def quantize_compiled(
                     # On the CPU that tensor is a probe (of arg's shape, or smaller), on
                     # which the kernel must give the eager bits (qtorch.kernels.verify);
                     # elsewhere a view of arg.
-                    static = _static_dims(key[4], arg.dim())
+                    static = _static_dims(key.shape, arg.dim())
                     verifying = _device_type(x) in verify.DEVICES
                     if verifying:
                         shape = verify.probe_shape(
-                            arg.shape, static, lambda s: _same_kernel(s, fmt, key[4])
+                            arg.shape, static, lambda s: _same_kernel(s, fmt, key.shape)
                         )
                         first = verify.probe_like(arg, shape)
                     else:
@@ -489,7 +537,7 @@ def quantize_compiled(
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         kern = _make_kernel(
-                            fmt, rounding, x.dtype, write_into_arg, rows, wide=bool(key[5])
+                            fmt, rounding, x.dtype, write_into_arg, rows, wide=key.wide
                         )
                         if verifying:
                             verify.check(kern, first, fmt, rounding, seed)

@@ -119,6 +119,17 @@ def shape_branches(shape: Sequence[int], block_size: int, dim: int) -> tuple[boo
     return (shape[d] % block_size != 0, shape[d] <= block_size)
 
 
+def padded_numel(shape: Sequence[int], block_size: int, dim: int) -> int:
+    """The element count of x of ``shape`` once :func:`to_blocks` pads ``dim`` to whole
+    blocks of ``block_size`` (x's own count if no padding is needed, or ``dim`` is invalid)."""
+    d = dim + len(shape) if dim < 0 else dim
+    if not 0 <= d < len(shape):
+        return math.prod(shape)
+    return (
+        math.prod(shape[:d]) * -(-shape[d] // block_size) * block_size * math.prod(shape[d + 1 :])
+    )
+
+
 def piece_layout(
     shape: Sequence[int], block_size: int, dim: int, caller: str
 ) -> tuple[tuple[int, ...], int]:
