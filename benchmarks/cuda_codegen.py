@@ -26,6 +26,12 @@ qtorch dependency) in an environment with qtorch installed::
     python benchmarks/cuda_codegen.py --formats codebook16 --code
     python benchmarks/cuda_codegen.py --dynamic --formats block --size 1048576
     python benchmarks/cuda_codegen.py --formats mx nvfp4 --shape 4096,4096 --dynamic
+    python benchmarks/cuda_codegen.py --key-classes --formats block --rounding stochastic
+
+``--key-classes`` checks qtorch's cache key against the guards of the graphs: the shapes of
+:data:`KEY_SHAPES` grouped by key, each group's kernel generated (symbolic sizes) for one of
+them, its guards evaluated for the others; a guard that fails is a second graph Dynamo
+would compile behind the cache on a GPU. Exit code 1 if any does.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import math
 import re
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from unittest import mock
 
@@ -226,14 +232,18 @@ def generate(
     from qtorch.rounding import Rounding
 
     rnd = Rounding(rounding)
-    shape = kernel_shape(fmt, rnd, (shape,) if isinstance(shape, int) else tuple(shape))
-    # the dimensions fused.quantize_compiled marks dynamic (not the row view's width)
-    rows = rnd is Rounding.STOCHASTIC and fmt.flat_kernel and len(shape) == 2
-    symbolic = {d for d, size in enumerate(shape) if size > 1 and not (rows and d == 1)}
+    x_shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape = kernel_shape(fmt, rnd, x_shape)
+    # the dimensions fused.quantize_compiled marks dynamic: those of a size above 1 that the
+    # key's shape part does not keep static (the row view's width, a format's static sizes)
+    key = fused._key(torch.empty(x_shape, device="meta"), fmt, rnd, inplace, "cuda")
+    static = fused._static_dims(key.shape, len(shape))
+    rows = key.shape == "rows"
+    symbolic = {d for d, size in enumerate(shape) if size > 1 and d not in static}
     with mock.patch.object(fused, "_compile", lambda fn, backend: fn):
         # as fused._key decides (MX and NVFP4 compute out of place and copy into x)
-        write_into_arg = inplace and fmt.writes_into_x
-        kernel = fused._make_kernel(fmt, rnd, dtype, write_into_arg, rows).dynamo_fn
+        kernel = fused._make_kernel(fmt, rnd, dtype, key.write_into_arg, rows, key.wide)
+        kernel = kernel.dynamo_fn
     mode = FakeTensorMode(shape_env=ShapeEnv())
     x = _fake_cuda_tensor(torch.empty(shape, dtype=dtype), mode, symbolic if dynamic else set())
     inputs = [x]
@@ -260,15 +270,42 @@ def generate(
             try:
                 compile_fx(gm, inputs, config_patches=compiled_call.CONFIG)
             except _Generated as done:
-                return done.source
+                source = done.source
             except Exception as err:  # Inductor wraps errors raised inside it
                 cause: BaseException | None = err
                 while cause is not None and not isinstance(cause, _Generated):
                     cause = cause.__cause__ or cause.__context__
-                if cause is not None:
-                    return cause.source
-                raise
-    raise RuntimeError("Inductor generated no module")
+                if cause is None:
+                    raise
+                source = cause.source
+            else:
+                raise RuntimeError("Inductor generated no module")
+    SIZE_SYMBOLS.clear()
+    SIZE_GUARDS.clear()
+    if dynamic:
+        SIZE_SYMBOLS.update({d: x.shape[d].node.expr for d in symbolic})
+        SIZE_GUARDS.extend(guard.expr for guard in mode.shape_env.guards)
+    return source
+
+
+#: The size symbols of the kernel argument of the graph :func:`generate` compiled last (by
+#: dimension; empty unless ``dynamic``), and the guards on them that tracing and Inductor
+#: installed (for Dynamo, the condition under which the compiled graph serves a call).
+SIZE_SYMBOLS: dict[int, Any] = {}
+SIZE_GUARDS: list[Any] = []
+
+
+def guards_hold(fmt: Any, rounding: str, shape: tuple[int, ...]) -> bool:
+    """Whether the size guards of the graph :func:`generate` compiled last (with
+    ``dynamic``, for ``fmt`` and ``rounding``) hold for a contiguous x of ``shape``: whether
+    Dynamo would run that graph for it rather than compile another."""
+    import sympy
+
+    from qtorch.rounding import Rounding
+
+    arg = kernel_shape(fmt, Rounding(rounding), shape)
+    values = {symbol: sympy.Integer(arg[d]) for d, symbol in SIZE_SYMBOLS.items()}
+    return all(bool(guard.xreplace(values)) for guard in SIZE_GUARDS)
 
 
 #: The tensor constants of the graph :func:`generate` compiled last, in the order of the
@@ -323,6 +360,73 @@ def buffers(source: str) -> list[list[int | None]]:
     ]
 
 
+#: Shapes of x for ``--key-classes``: around the sizes where a kernel's traced code
+#: branches (blocks of 16 and 32, rows of 4096, sizes of 1), where Inductor's Triton code
+#: changes its index width (2**31 - 1 elements: ``fused.INDEX_MAX``, of x or of the padded
+#: tensors of block formats) and where the stochastic noise gets a high word (2**32).
+KEY_SHAPES: tuple[tuple[int, ...], ...] = (
+    *[(n,) for n in (5, 16, 32, 33, 4096, 4097, 4098, 8192, 8193, 100_017, 1 << 20)],
+    *[(2**31 + d,) for d in (-8192 - 4096, -8192 - 16, -8192, -64, -48, -32, -16, -4, 4)],
+    *[(2**31 + d,) for d in (32, 4096 * 3)],
+    *[(2**32 + d,) for d in (-16, 16, 48, 49)],
+    (3, 33_339),
+    (2, 4096),
+    (7, 4099),
+    (64, 32),
+    (64, 33),
+    (5, 16),
+    (1, 4096),
+    (4096, 1),
+    (2, 2**30 + 16),
+    (2**26 + 1, 32),
+    (3, 5, 64),
+    (2, 3, 4096),
+)
+
+
+def key_classes(
+    fmt: Any, rounding: str, shapes: Sequence[tuple[int, ...]] = KEY_SHAPES
+) -> list[dict[str, Any]]:
+    """Whether each CUDA kernel serves every shape of its cache key, as qtorch promises
+    (one graph per kernel: Dynamo compiles no other behind the cache).
+
+    ``shapes`` are grouped by ``fused._key`` (for CUDA); each group's kernel is generated
+    for its first shape with symbolic sizes, as ``fused.quantize_compiled`` compiles it,
+    and the size guards of that graph are evaluated for every shape of the group (they
+    must hold) and of the other groups of the same rank (``others_failing``: where the key
+    keeps a shape away from that kernel, and rightly so if its guards fail there).
+    """
+    from qtorch.kernels import fused
+    from qtorch.rounding import Rounding
+
+    rnd = Rounding(rounding)
+    groups: dict[Any, list[tuple[int, ...]]] = {}
+    for shape in shapes:
+        key = fused._key(torch.empty(shape, device="meta"), fmt, rnd, False, "cuda")
+        groups.setdefault(key, []).append(tuple(shape))
+    rows = []
+    for key, members in groups.items():
+        generate(fmt, rounding, members[0], dynamic=True)
+        others = [
+            shape
+            for other, group in groups.items()
+            if other != key
+            for shape in group
+            if len(shape) == len(members[0])
+        ]
+        rows.append(
+            {
+                "key": {name: str(key._asdict()[name]) for name in ("shape", "wide", "long_index")},
+                "compiled_on": list(members[0]),
+                "shapes": [list(shape) for shape in members],
+                "failing": [list(s) for s in members if not guards_hold(fmt, rounding, s)],
+                "others_failing": [list(s) for s in others if not guards_hold(fmt, rounding, s)],
+                "guards": [str(guard) for guard in SIZE_GUARDS],
+            }
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--formats", nargs="+", help="family names or format specs (bench's)")
@@ -337,6 +441,11 @@ def main(argv: list[str] | None = None) -> int:
         "--dynamic", action="store_true", help="x's length symbolic, as qtorch compiles it"
     )
     parser.add_argument("--code", action="store_true", help="print each kernel's source")
+    parser.add_argument(
+        "--key-classes",
+        action="store_true",
+        help="check that each kernel's size guards admit every shape of its cache key",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the kernels' summary here")
     args = parser.parse_args(argv)
     try:
@@ -350,6 +459,24 @@ def main(argv: list[str] | None = None) -> int:
     shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else (int(args.size),)
     n = math.prod(shape)
     rows = []
+    if args.key_classes:
+        failed = 0
+        for family, fmt in resolve_formats(args.formats or list(FAMILIES)):
+            for rounding in args.rounding:
+                for row in key_classes(fmt, rounding):
+                    row.update(family=family, rounding=rounding)
+                    rows.append(row)
+                    failed += bool(row["failing"])
+                    print(
+                        f"{family} {rounding} {' '.join(f'{k}={v}' for k, v in row['key'].items())}"
+                        f": compiled on {row['compiled_on']}, "
+                        f"{len(row['shapes'])} shape(s), guards fail for {row['failing']}"
+                    )
+        print(f"{failed} kernel(s) whose guards fail for a shape of their key")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 1 if failed else 0
     for family, fmt in resolve_formats(args.formats or list(FAMILIES)):
         for rounding in args.rounding:
             source = generate(fmt, rounding, shape, args.inplace, DTYPES[args.dtype], args.dynamic)

@@ -34,7 +34,10 @@ For each format family (the formats of ``qtorch bench``):
    large tables (gathers) instead of 15 unrolled comparisons (on the CPU: nearest 2.59
    against 2.15 ms, stochastic 3.83 against 3.79 ms at 4,194,304 float32, 2 threads; a
    GPU gathers from its cache); the check is that both give the same bits;
-8. an experiment, timed and printed: the direct call (qtorch.kernels.compiled_call) against
+8. past 2**31 - 1 elements (CUDA only): fixed point and block floating point nearest on
+   2**31 + 17 float16 after a small call: a kernel of its own (64-bit indices), one graph
+   each, the eager CUDA path's bits (``check_index_widths``);
+9. an experiment, timed and printed: the direct call (qtorch.kernels.compiled_call) against
    the call through Dynamo, per call (wall, synchronized), for fixed and posit nearest at
    1e4, 1e6 and 1e8 elements (written without a GPU; on the CPU it cut a call's host work
    from 30-60 to 10-15 µs); the check is that both give the same bits and that only the
@@ -125,7 +128,17 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     nan = torch.isnan(a)
     if not torch.equal(nan, torch.isnan(b)):
         return False
-    return torch.equal(a[~nan].view(torch.int32), b[~nan].view(torch.int32))
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a[~nan].view(bits), b[~nan].view(bits))
+
+
+def record(
+    log: list[dict[str, Any]], family: str, what: str, ok: bool | None, extra: str = ""
+) -> None:
+    """Print one check's line (ok None: it does not apply) and log it."""
+    word = "n/a" if ok is None else "ok" if ok else "FAIL"
+    print(f"{family:<12} {what:<44} {word} {extra}", flush=True)
+    log.append({"family": family, "check": what, "ok": ok, "extra": extra})
 
 
 #: Timed calls per median.
@@ -211,9 +224,7 @@ def check_format(
         """ok None: the check does not apply to this format."""
         if ok is not None:
             results.append(ok)
-        word = "n/a" if ok is None else "ok" if ok else "FAIL"
-        print(f"{family:<12} {what:<44} {word} {extra}", flush=True)
-        log.append({"family": family, "check": what, "ok": ok, "extra": extra})
+        record(log, family, what, ok, extra)
 
     def against_cpu(what: str, x_cpu: torch.Tensor, rounding: str, modes: Sequence[str]) -> None:
         try:
@@ -285,6 +296,40 @@ def check_format(
     return results
 
 
+#: x's size for the check past 32-bit indices: 2**31 + 17 elements (float16, 4 GiB).
+HUGE = 2**31 + 17
+
+
+def check_index_widths(device: torch.device, log: list[dict[str, Any]]) -> list[bool]:
+    """Calls past 2**31 - 1 elements after smaller ones (fixed point, block floating point
+    nearest, float16): Inductor's Triton code indexes those in 64 bits and the smaller
+    ones in 32 with a guard on the size, so they must get a kernel of their own
+    (``fused.KernelKey.long_index``), each one graph, and the eager CUDA path's bits."""
+    if device.type != "cuda":
+        record(log, "index", "past 2**31 - 1 elements", None, "(CUDA only)")
+        return []
+    results = []
+    big = torch.randn(HUGE, device=device, dtype=torch.float16)
+    for family in ("fixed", "block"):
+        fmt = family_format(family)
+        with qtorch.kernel_mode("compiled"):
+            small = qtorch.quantize(big[:100_017], fmt, "nearest")  # the 32-bit kernel
+            got = qtorch.quantize(big, fmt, "nearest")
+        expected = quantize_in("eager", big, fmt, "nearest")
+        same = torch.equal(got.view(torch.int16), expected.view(torch.int16))
+        del got, expected
+        same_small = same_bits(small, quantize_in("eager", big[:100_017], fmt, "nearest"))
+        keys = [k for k in fused._cache if k.fmt == fmt and k.dtype == torch.float16]
+        classes = sorted(k.long_index for k in keys)
+        graphs = [len(fused._cache[k].capture.graphs) for k in keys]
+        ok = same and same_small and classes == [0, 2] and graphs == [1, 1]
+        extra = f"(equal {same}, {same_small}; index classes {classes}; graphs {graphs})"
+        what = f"nearest past 2**31 - 1 ({HUGE} float16)"
+        record(log, family, what, ok, extra)
+        results.append(ok)
+    return results
+
+
 #: Sizes of the "auto" checks on the GPU, and in the dry run.
 AUTO_SIZES = (10_000, 1_000_000, 10_000_000)
 AUTO_SIZES_DRY = (3_000, 30_000, 300_000)
@@ -326,8 +371,7 @@ def check_auto(device: torch.device, sizes: Sequence[int], log: list[dict[str, A
                 )
                 results.append(ok)
                 what = f"auto keeps the faster path at {n}"
-                print(f"{family:<12} {what:<44} {'ok' if ok else 'FAIL'} {extra}", flush=True)
-                log.append({"family": family, "check": what, "ok": ok, "extra": extra})
+                record(log, family, what, ok, extra)
     finally:
         fused.AUTO_COMPILE_AFTER_S = old_after
     return results
@@ -368,8 +412,7 @@ def experiment_codebook_buckets(
             f"buckets {times[0, rounding] * 1e3:.3f} ms at {time_size}"
         )
         what = f"{rounding} by buckets: same bits"
-        print(f"{'codebook16':<12} {what:<44} {'ok' if ok else 'FAIL'} {extra}", flush=True)
-        log.append({"family": "codebook16", "check": what, "ok": ok, "extra": extra})
+        record(log, "codebook16", what, ok, extra)
         results.append(ok)
     return results
 
@@ -411,8 +454,7 @@ def experiment_direct_call(
             on, off = times[family, n, True], times[family, n, False]
             extra = f"direct {on * 1e3:.3f} ms, through Dynamo {off * 1e3:.3f} ms ({on / off:.2f})"
             what = f"direct call at {n}: same bits"
-            print(f"{family:<12} {what:<44} {'ok' if ok else 'FAIL'} {extra}", flush=True)
-            log.append({"family": family, "check": what, "ok": ok, "extra": extra})
+            record(log, family, what, ok, extra)
             results.append(ok)
     return results
 
@@ -464,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log: list[dict[str, Any]] = []
     for family, fmt in resolve_formats(args.formats):
         results += guarded(family, log, check_format, family, fmt, device, args.size, time_size)
+    results += guarded("index", log, check_index_widths, device)
     if not args.no_auto:
         sizes = AUTO_SIZES_DRY if args.cpu_dry_run else AUTO_SIZES
         results += guarded("auto", log, check_auto, device, sizes)

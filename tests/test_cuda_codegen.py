@@ -147,3 +147,41 @@ def test_divisions_are_correctly_rounded_and_subnormals_kept(generated: dict[Key
     for rounding in ROUNDINGS:  # NVFP4 divides x by its block's scale
         (nvfp4,) = generated["nvfp4", rounding, False, "float32"]["kernels"]
         assert nvfp4["rounded_divisions"] >= 1
+
+
+def _key_classes(tmp_path: Path, families: list[str]) -> list[dict[str, Any]]:
+    out = tmp_path / "key_classes.json"
+    command = [sys.executable, str(ROOT / "benchmarks/cuda_codegen.py"), "--key-classes"]
+    command += ["--formats", *families, "--rounding", *ROUNDINGS, "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    rows = list(json.loads(out.read_text())) if out.exists() else []
+    failing = [(r["family"], r["rounding"], r["key"], r["failing"]) for r in rows if r["failing"]]
+    assert done.returncode == 0 and rows and not failing, (failing, done.stderr[-4000:])
+    return rows
+
+
+def test_block_floating_point_kernels_serve_every_shape_of_their_key(tmp_path: Path) -> None:
+    """Generated for one shape of its cache key, each CUDA kernel's size guards hold for
+    every other shape of that key (Dynamo compiles no second graph behind the cache).
+    Block floating point's maximum in rows once cut the tail off: its guards then held
+    for one class of n % 4096 (0, 1, or more) and of the row count only, and 1,048,576
+    after 100,017 elements compiled again. The key's index width is needed: the 32-bit
+    kernel's guards fail past 2**31 - 1 elements."""
+    rows = _key_classes(tmp_path, ["block"])
+    (small,) = [
+        r
+        for r in rows
+        if r["rounding"] == "nearest"
+        and r["key"] == {"shape": "flat", "wide": "False", "long_index": "0"}
+    ]
+    for n in (5, 4096, 4097, 4098, 8193, 100_017, 1 << 20):
+        assert [n] in small["shapes"]
+    assert [2**31 + 4] in small["others_failing"]
+    assert any("2147483647" in guard for guard in small["guards"])
+
+
+@pytest.mark.slow
+def test_every_kernel_serves_every_shape_of_its_key(tmp_path: Path) -> None:
+    """As above, for every family of ``qtorch bench`` and both roundings (about 2.5 min)."""
+    rows = _key_classes(tmp_path, [*ELEMENTWISE, "block", "mx", "nvfp4"])
+    assert {r["family"] for r in rows} == {*ELEMENTWISE, "block", "mx", "nvfp4"}
