@@ -363,7 +363,8 @@ def buffers(source: str) -> list[list[int | None]]:
 #: Shapes of x for ``--key-classes``: around the sizes where a kernel's traced code
 #: branches (blocks of 16 and 32, rows of 4096, sizes of 1), where Inductor's Triton code
 #: changes its index width (2**31 - 1 elements: ``fused.INDEX_MAX``, of x or of the padded
-#: tensors of block formats) and where the stochastic noise gets a high word (2**32).
+#: tensors of block formats, and the per-block factors of block floating point) and where
+#: the stochastic noise gets a high word (2**32).
 KEY_SHAPES: tuple[tuple[int, ...], ...] = (
     *[(n,) for n in (5, 16, 32, 33, 4096, 4097, 4098, 8192, 8193, 100_017, 1 << 20)],
     *[(2**31 + d,) for d in (-8192 - 4096, -8192 - 16, -8192, -64, -48, -32, -16, -4, 4)],
@@ -379,6 +380,10 @@ KEY_SHAPES: tuple[tuple[int, ...], ...] = (
     (4096, 1),
     (2, 2**30 + 16),
     (2**26 + 1, 32),
+    # block floating point with a block per slice stores four factors per block
+    (2**29 - 1, 2),
+    (2**29, 2),
+    (715_827_883, 3),
     (3, 5, 64),
     (2, 3, 4096),
 )

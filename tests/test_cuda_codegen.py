@@ -183,5 +183,21 @@ def test_block_floating_point_kernels_serve_every_shape_of_their_key(tmp_path: P
 @pytest.mark.slow
 def test_every_kernel_serves_every_shape_of_its_key(tmp_path: Path) -> None:
     """As above, for every family of ``qtorch bench`` and both roundings (about 2.5 min)."""
-    rows = _key_classes(tmp_path, [*ELEMENTWISE, "block", "mx", "nvfp4"])
-    assert {r["family"] for r in rows} == {*ELEMENTWISE, "block", "mx", "nvfp4"}
+    families = [*ELEMENTWISE, "block", "mx", "nvfp4"]
+    families += ["mx(float8_e4m3fn,32,0)", 'NVFP4(tensor_scale="amax")']
+    rows = _key_classes(tmp_path, families)
+    assert {r["family"] for r in rows} == set(families)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="Inductor's split reduction, sized at the first compile")
+@pytest.mark.parametrize("spec", ["block(8,0)", "block(8,1)"])
+def test_block_per_slice_kernels_serve_every_shape_of_their_key(tmp_path: Path, spec: str) -> None:
+    """Known, left alone: block floating point with a block per slice, compiled first on
+    a few long blocks, has Inductor split each block's maximum into as many pieces as
+    suited that shape (5 for (3, 33339) under dim 0, 128 for (2, 2**20)) and store about
+    split x blocks partial maxima, indexed in 32 bits with a guard; a later shape whose
+    blocks x split pass 2**31 - 1 (2**29 - 1 blocks of 2) fails it, and Dynamo compiles
+    again behind the cache (the same bits). A fix (no split; long blocks cut into rows,
+    in the key) needs a GPU to time."""
+    _key_classes(tmp_path, [spec])

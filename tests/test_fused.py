@@ -441,7 +441,10 @@ def test_more_than_2_to_the_32_elements_get_a_wide_kernel(name: str) -> None:
         # block floating point pads to whole rows of 4096 and one more (4097-8192 elements)
         ("block(8)", (2**31 - 8193,), 0),  # 4097 elements of padding: 2**31 - 4096
         ("block(8)", (2**31 - 8192,), 1),  # 8192 of padding: 2**31
-        ("block(8,0)", (2**31 - 1, 1), 0),  # a block per slice: no padding
+        # a block per slice: four factors per block stored (none for 1-D x)
+        ("block(8,0)", (2**29 - 1, 2), 0),
+        ("block(8,0)", (2**29, 2), 1),  # 2**31 factors
+        ("block(8,0)", (2**31 - 1,), 0),
     ],
 )
 def test_the_key_keeps_triton_index_widths_apart(

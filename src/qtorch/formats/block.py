@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -11,7 +10,8 @@ import torch
 
 from qtorch.formats.base import EagerPieces, Format, pieces_of
 from qtorch.formats.fixed import check_int
-from qtorch.kernels.block import block_max, quantize_block, rows_extent
+from qtorch.kernels import block as block_kernel
+from qtorch.kernels.block import block_max, quantize_block
 from qtorch.rounding import Rounding
 
 __all__ = ["BlockFloatingPoint"]
@@ -62,10 +62,10 @@ class BlockFloatingPoint(Format):
         return self.dim == -1
 
     def kernel_extent(self, shape: Sequence[int]) -> int:
-        """``dim=-1``: x's element count padded as a kernel compiled off the CPU takes the
-        block's maximum (:func:`qtorch.kernels.block.rows_extent`). Other ``dim``: x's."""
-        n = math.prod(shape)
-        return rows_extent(n) if self.dim == -1 else n
+        """``dim=-1``: x padded to whole rows, as a kernel compiled off the CPU takes the
+        block's maximum; other ``dim``: x, or the blocks' four stored factors if more
+        (:func:`qtorch.kernels.block.kernel_extent`)."""
+        return block_kernel.kernel_extent(shape, self.dim)
 
     def eager_pieces(self, x: torch.Tensor, dtype: torch.dtype, chunk: int) -> EagerPieces | None:
         """``dim=0``: whole slices ``x[i]``. ``dim=-1``: any pieces, once the one block's

@@ -6,6 +6,7 @@ Pure tensor code on float32 / float64 tensors; ``wl`` and ``dim`` are plain ints
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -68,6 +69,19 @@ def rows_extent(n: int) -> int:
     """The length :func:`max_in_rows` pads n elements to: whole rows of :data:`MAX_ROW`,
     at least two, and 4097 to 8192 elements of padding."""
     return MAX_ROW * (n // MAX_ROW + 2)
+
+
+def kernel_extent(shape: Sequence[int], dim: int) -> int:
+    """The element count of the largest tensor a kernel compiled off the CPU makes for x
+    of ``shape`` (for :meth:`qtorch.formats.base.Format.kernel_extent`): ``dim=-1``, x
+    padded to :func:`rows_extent`; else x, or the four factors per block that
+    :func:`quantize_block` stores side by side if they are more (blocks of 1-3 elements;
+    1-D x, a block per element, stores none)."""
+    n = math.prod(shape)
+    if dim == -1:
+        return rows_extent(n)
+    blocks = shape[dim] if 0 <= dim < len(shape) and len(shape) > 1 else 0
+    return max(n, 4 * blocks)
 
 
 def quantize_block(
