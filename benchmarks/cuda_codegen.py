@@ -411,7 +411,11 @@ def key_classes(
         groups.setdefault(key, []).append(tuple(shape))
     rows = []
     for key, members in groups.items():
-        generate(fmt, rounding, members[0], dynamic=True)
+        try:
+            generate(fmt, rounding, members[0], dynamic=True)
+        except (ValueError, TypeError) as err:  # a shape the format rejects (its rank)
+            rows.append({"key": _key_fields(key), "shapes": members, "rejected": str(err)})
+            continue
         others = [
             shape
             for other, group in groups.items()
@@ -421,7 +425,7 @@ def key_classes(
         ]
         rows.append(
             {
-                "key": {name: str(key._asdict()[name]) for name in ("shape", "wide", "long_index")},
+                "key": _key_fields(key),
                 "compiled_on": list(members[0]),
                 "shapes": [list(shape) for shape in members],
                 "failing": [list(s) for s in members if not guards_hold(fmt, rounding, s)],
@@ -430,6 +434,11 @@ def key_classes(
             }
         )
     return rows
+
+
+def _key_fields(key: Any) -> dict[str, str]:
+    """The parts of a kernel's cache key that vary with x's shape, as strings."""
+    return {name: str(getattr(key, name)) for name in ("shape", "wide", "long_index")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,10 +480,13 @@ def main(argv: list[str] | None = None) -> int:
                 for row in key_classes(fmt, rounding):
                     row.update(family=family, rounding=rounding)
                     rows.append(row)
+                    what = " ".join(f"{k}={v}" for k, v in row["key"].items())
+                    if "rejected" in row:
+                        print(f"{family} {rounding} {what}: rejected ({row['rejected'][:80]})")
+                        continue
                     failed += bool(row["failing"])
                     print(
-                        f"{family} {rounding} {' '.join(f'{k}={v}' for k, v in row['key'].items())}"
-                        f": compiled on {row['compiled_on']}, "
+                        f"{family} {rounding} {what}: compiled on {row['compiled_on']}, "
                         f"{len(row['shapes'])} shape(s), guards fail for {row['failing']}"
                     )
         print(f"{failed} kernel(s) whose guards fail for a shape of their key")

@@ -150,14 +150,19 @@ def test_divisions_are_correctly_rounded_and_subnormals_kept(generated: dict[Key
 
 
 def _key_classes(tmp_path: Path, families: list[str]) -> list[dict[str, Any]]:
+    """``cuda_codegen.py --key-classes`` for ``families``, both roundings: its rows (it
+    raises RuntimeError if the script wrote none, so that a crash is not a failing guard)."""
     out = tmp_path / "key_classes.json"
     command = [sys.executable, str(ROOT / "benchmarks/cuda_codegen.py"), "--key-classes"]
     command += ["--formats", *families, "--rounding", *ROUNDINGS, "--json", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    rows = list(json.loads(out.read_text())) if out.exists() else []
-    failing = [(r["family"], r["rounding"], r["key"], r["failing"]) for r in rows if r["failing"]]
-    assert done.returncode == 0 and rows and not failing, (failing, done.stderr[-4000:])
-    return rows
+    if not out.exists():
+        raise RuntimeError(done.stderr[-4000:])
+    return list(json.loads(out.read_text()))
+
+
+def _failing(rows: list[dict[str, Any]]) -> list[Any]:
+    return [(r["family"], r["rounding"], r["key"], r["failing"]) for r in rows if r.get("failing")]
 
 
 def test_block_floating_point_kernels_serve_every_shape_of_their_key(tmp_path: Path) -> None:
@@ -168,6 +173,7 @@ def test_block_floating_point_kernels_serve_every_shape_of_their_key(tmp_path: P
     after 100,017 elements compiled again. The key's index width is needed: the 32-bit
     kernel's guards fail past 2**31 - 1 elements."""
     rows = _key_classes(tmp_path, ["block"])
+    assert rows and not _failing(rows)
     (small,) = [
         r
         for r in rows
@@ -182,22 +188,28 @@ def test_block_floating_point_kernels_serve_every_shape_of_their_key(tmp_path: P
 
 @pytest.mark.slow
 def test_every_kernel_serves_every_shape_of_its_key(tmp_path: Path) -> None:
-    """As above, for every family of ``qtorch bench`` and both roundings (about 2.5 min)."""
+    """As above, for every family of ``qtorch bench``, MX along dim 0 and NVFP4 with an
+    "amax" tensor scale, both roundings (a few minutes)."""
     families = [*ELEMENTWISE, "block", "mx", "nvfp4"]
     families += ["mx(float8_e4m3fn,32,0)", 'NVFP4(tensor_scale="amax")']
     rows = _key_classes(tmp_path, families)
     assert {r["family"] for r in rows} == set(families)
+    assert not _failing(rows)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="Inductor's split reduction, sized at the first compile")
-@pytest.mark.parametrize("spec", ["block(8,0)", "block(8,1)"])
-def test_block_per_slice_kernels_serve_every_shape_of_their_key(tmp_path: Path, spec: str) -> None:
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="Inductor's split reduction, sized at first"
+)
+def test_block_per_slice_kernels_serve_every_shape_of_their_key(tmp_path: Path) -> None:
     """Known, left alone: block floating point with a block per slice, compiled first on
     a few long blocks, has Inductor split each block's maximum into as many pieces as
     suited that shape (5 for (3, 33339) under dim 0, 128 for (2, 2**20)) and store about
     split x blocks partial maxima, indexed in 32 bits with a guard; a later shape whose
     blocks x split pass 2**31 - 1 (2**29 - 1 blocks of 2) fails it, and Dynamo compiles
-    again behind the cache (the same bits). A fix (no split; long blocks cut into rows,
-    in the key) needs a GPU to time."""
-    _key_classes(tmp_path, [spec])
+    again behind the cache (the same bits). Other dims alike, for shapes in that order.
+    A fix (no split; long blocks cut into rows, in the key) needs a GPU to time."""
+    rows = _key_classes(tmp_path, ["block(8,0)"])
+    if not any("failing" in r for r in rows):
+        raise RuntimeError("no kernel was generated")  # not the known failure
+    assert not _failing(rows)
