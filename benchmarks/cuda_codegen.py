@@ -200,15 +200,16 @@ def _fake_cuda_tensor(t: torch.Tensor, mode: Any, dynamic: set[int] | None = Non
 def kernel_shape(fmt: Any, rounding: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape of the argument fused.quantize_compiled hands the kernel for a contiguous
     x of ``shape``: x flat for the elementwise formats, or its ``(n / ROW, ROW)`` view with
-    stochastic rounding where ROW divides n; x itself for the formats with blocks."""
+    stochastic rounding where ROW divides n (the key's "rows"); x itself for the formats
+    with blocks."""
     from qtorch.kernels import fused
     from qtorch.rounding import Rounding
 
     if not fmt.flat_kernel:
         return shape
+    key = fused._key(torch.empty(shape, device="meta"), fmt, Rounding(rounding), False, "cuda")
     n = math.prod(shape)
-    rows = Rounding(rounding) is Rounding.STOCHASTIC and n % fused.ROW == 0
-    return (n // fused.ROW, fused.ROW) if rows else (n,)
+    return (n // fused.ROW, fused.ROW) if key.shape == "rows" else (n,)
 
 
 def generate(
