@@ -10,8 +10,8 @@ dtype casts and noise) is traced with ``make_fx`` on fake tensors whose device i
 the graph goes through Inductor's ``compile_fx`` up to the generated module's source, which
 is printed instead of loaded. CPU-only torch has no CUDA runtime, so the script stands in a
 device (an H100's properties) where Inductor asks for one, and replaces the few Python
-bindings that open a CUDA device guard (``Tensor.__getitem__``, ``__invert__``,
-``copy_``) with the ATen calls they make; codebook tables are built on the CPU (they are
+bindings that open a CUDA device guard (``__invert__``, ``copy_``) with the ATen calls
+they make; codebook tables are built on the CPU (they are
 made from Python values) and then faked onto CUDA. The code is Inductor's own. The shapes
 are static unless ``--dynamic`` makes x's length a symbol, as qtorch compiles it (a
 reduction compiled for a symbolic size keeps the split it chose for the compiling size;
@@ -87,29 +87,6 @@ class _Generated(Exception):
         self.source = source
 
 
-def _getitem(original: Any) -> Any:
-    """``Tensor.__getitem__`` for slices and index tensors, through ATen ops.
-
-    The Python binding opens a device guard for x's device, which a CPU-only torch cannot
-    make for CUDA; the ops it dispatches to (narrow, index) go through the fake mode.
-    """
-
-    def getitem(self: torch.Tensor, idx: Any) -> torch.Tensor:
-        parts = idx if isinstance(idx, tuple) else (idx,)
-        *lead, last = parts
-        if all(p == slice(None) for p in lead):
-            dim = len(lead)
-            if isinstance(last, slice) and last.step in (None, 1):
-                start = 0 if last.start is None else last.start
-                stop = self.shape[dim] if last.stop is None else last.stop
-                return self.narrow(dim, start, stop - start)
-            if isinstance(last, torch.Tensor):
-                return torch.ops.aten.index.Tensor(self, [None] * dim + [last])
-        return original(self, idx)
-
-    return getitem
-
-
 @contextlib.contextmanager
 def fake_cuda(mode: Any) -> Iterator[None]:
     """Make torch and Inductor believe in one CUDA device (see the module docstring)."""
@@ -153,7 +130,6 @@ def fake_cuda(mode: Any) -> Iterator[None]:
         (post_grad, "lazy_init", lambda *a, **k: None),
         (torch._inductor.config, "pattern_matcher", False),
         (torch._inductor.config, "joint_graph_constant_folding", False),
-        (torch.Tensor, "__getitem__", _getitem(torch.Tensor.__getitem__)),
         (torch.Tensor, "__invert__", lambda self: torch.bitwise_not(self)),
         (torch.Tensor, "copy_", lambda self, src, non_blocking=False: aten.copy_(self, src)),
         (codebook, "_build_tables", tables_on_cpu),
