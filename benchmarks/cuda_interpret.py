@@ -143,6 +143,50 @@ def _no_gpu_driver() -> None:
     triton_helpers.set_driver_to_gpu = lambda: None
 
 
+def _device_calls_patch_once() -> None:
+    """Let calls of device functions inside a kernel launch reuse the launch's patches.
+
+    Triton's interpreter patches ``triton.language`` for the kernel it launches, and again
+    on every call of a ``@triton.jit`` function from inside it (``inspect.getmembers`` over
+    its modules). Inductor's reductions with a combine function (the block maxima of block
+    floating point, MX and NVFP4) call one for every pair of elements they combine: MX
+    nearest on 4,104 elements patched 120,041 times. Inside a launch the modules are
+    patched already (the interpreter never undoes a device call's patches), so a device
+    call whose language modules the launch patched skips it; any other call patches as
+    before.
+    """
+    from triton.runtime import interpreter
+
+    patch = interpreter._patch_lang
+    launch: list[set[int]] = []  # the language modules patched in the running launch
+    found: dict[Any, frozenset[int]] = {}
+
+    def languages(fn: Any) -> frozenset[int]:
+        if fn not in found:
+            modules = {id(interpreter.tl), id(interpreter.tl.core)}
+            found[fn] = frozenset(id(v) for v in fn.__globals__.values()) & modules
+        return found[fn]
+
+    def patch_lang(fn: Any) -> Any:
+        if launch and languages(fn) <= launch[0]:
+            return interpreter._LangPatchScope()  # nothing patched, nothing to undo
+        scope = patch(fn)
+        if launch:  # a device call's patches stay
+            launch[0] |= languages(fn)
+            return scope
+        launch.append(set(languages(fn)))
+        restore = scope.restore
+
+        def restore_and_end() -> None:
+            launch.clear()
+            restore()
+
+        scope.restore = restore_and_end
+        return scope
+
+    interpreter._patch_lang = patch_lang
+
+
 def _exact_bfloat16_casts() -> None:
     """Make the interpreter's bfloat16 <-> float32 casts the hardware's.
 
@@ -210,24 +254,28 @@ def load(source: str) -> Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]:
 def interpreted(
     fmt: Any,
     rounding: str,
-    x: torch.Tensor,
-    seed: torch.Tensor | None,
+    shape: tuple[int, ...],
     inplace: bool = False,
+    dtype: torch.dtype = torch.float32,
     dynamic: bool = False,
-) -> torch.Tensor:
+) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
     """``quantize(x, fmt, rounding)`` (``quantize_`` if ``inplace``) by the CUDA kernels,
-    interpreted: the argument is x as the fused path passes it (flat, or the row view).
+    interpreted, for x of ``shape`` and ``dtype``: a function of x and the seed, generated
+    once (the kernels' argument is x as the fused path passes it: flat, or the row view).
     ``dynamic``: the kernels compiled for symbolic sizes, as qtorch compiles them."""
-    shape = cuda_codegen.kernel_shape(fmt, Rounding(rounding), tuple(x.shape))
-    source = cuda_codegen.generate(fmt, rounding, tuple(x.shape), inplace, x.dtype, dynamic)
-    call = load(source)
+    view = cuda_codegen.kernel_shape(fmt, Rounding(rounding), shape)
+    call = load(cuda_codegen.generate(fmt, rounding, shape, inplace, dtype, dynamic))
     constants = list(cuda_codegen.CONSTANTS)  # the codebooks' tables, lifted to inputs
     if any(c is None for c in constants):
         raise RuntimeError("a constant of the graph has no CPU value")
-    arg = x.clone().view(shape)
-    out = call([*constants, arg] if seed is None else [*constants, arg, seed])
-    result = out[0] if out and out[0] is not None else arg  # None: written into arg
-    return result.view(x.shape)
+
+    def run(x: torch.Tensor, seed: torch.Tensor | None) -> torch.Tensor:
+        arg = x.clone().view(view)
+        out = call([*constants, arg] if seed is None else [*constants, arg, seed])
+        result = out[0] if out and out[0] is not None else arg  # None: written into arg
+        return result.view(x.shape)
+
+    return run
 
 
 def reference(fmt: Any, rounding: str, x: torch.Tensor, seed: torch.Tensor | None) -> torch.Tensor:
@@ -267,10 +315,10 @@ def check(
 ) -> dict[str, int]:
     """Differing elements per input, interpreted CUDA kernels against eager CPU."""
     seed = torch.tensor(gpu_check.SEED) if rounding == "stochastic" else None
+    run = interpreted(fmt, rounding, shape, inplace, dtype, dynamic)
     found = {}
     for name, x in inputs(rounding, shape, dtype).items():
-        got = interpreted(fmt, rounding, x, seed, inplace, dynamic)
-        found[name] = differences(got, reference(fmt, rounding, x, seed))
+        found[name] = differences(run(x, seed), reference(fmt, rounding, x, seed))
     return found
 
 
@@ -297,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _no_gpu_driver()
     _exact_bfloat16_casts()
+    _device_calls_patch_once()
 
     shape = tuple(int(s) for s in args.shape.split(","))
     rows, failed = [], False

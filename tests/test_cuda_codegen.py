@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scripts import run_all
 
 pytest.importorskip("triton")
 
@@ -32,12 +33,19 @@ ELEMENTWISE = ("fixed", "float", "posit", "codebook16", "codebook256")
 ROUNDINGS = ("nearest", "stochastic")
 
 
-def _run(out: Path, families: list[str], *extra: str) -> list[Any]:
+def _command(out: Path, families: list[str], *extra: str) -> list[str]:
     command = [sys.executable, str(ROOT / "benchmarks/cuda_codegen.py"), "--formats"]
-    command += [*families, "--rounding", *ROUNDINGS, "--size", str(N), "--json", str(out)]
-    done = subprocess.run([*command, *extra], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return list(json.loads(out.read_text()))
+    return [
+        *command,
+        *families,
+        "--rounding",
+        *ROUNDINGS,
+        "--size",
+        str(N),
+        "--json",
+        str(out),
+        *extra,
+    ]
 
 
 Key = tuple[str, str, bool, str]
@@ -47,10 +55,17 @@ Key = tuple[str, str, bool, str]
 def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[Key, Any]:
     """(family, rounding, in place, dtype) -> the script's summary of that module."""
     out = tmp_path_factory.mktemp("codegen")
-    rows = _run(out / "out_of_place.json", [*ELEMENTWISE, "block", "mx", "nvfp4"])
-    rows += _run(out / "in_place.json", [*ELEMENTWISE, "block"], "--inplace")
-    rows += _run(out / "bfloat16.json", [*ELEMENTWISE, "mx", "nvfp4"], "--dtype", "bfloat16")
-    rows += _run(out / "dynamic.json", ["fixed", "block"], "--dynamic")
+    runs = [  # (the JSON file, families, options): started two at a time
+        ("out_of_place", [*ELEMENTWISE, "block", "mx", "nvfp4"], []),
+        ("bfloat16", [*ELEMENTWISE, "mx", "nvfp4"], ["--dtype", "bfloat16"]),
+        ("in_place", [*ELEMENTWISE, "block"], ["--inplace"]),
+        ("dynamic", ["fixed", "block"], ["--dynamic"]),
+    ]
+    commands = [_command(out / f"{name}.json", families, *extra) for name, families, extra in runs]
+    rows = []
+    for (name, _, _), done in zip(runs, run_all(commands, timeout=900), strict=True):
+        assert done.returncode == 0, done.stderr[-4000:]
+        rows += json.loads((out / f"{name}.json").read_text())
     return {
         (r["family"], r["rounding"], r["inplace"], r["dtype"] + "+dynamic" * r["dynamic"]): r
         for r in rows

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scripts import run_all
 
 pytest.importorskip("triton")
 
@@ -32,16 +33,23 @@ SCRIPT = ROOT / "benchmarks/cuda_interpret.py"
 FAMILIES = ("fixed", "float", "block", "posit", "codebook16", "codebook256", "mx", "nvfp4")
 
 
-def _run(out: Path, *args: str) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args, "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    rows = json.loads(out.read_text()) if out.exists() else []
-    assert done.returncode == 0, (done.stdout[-4000:], done.stderr[-4000:])
-    return list(rows)
+#: All families in two groups that take about as long, for two processes run at once.
+HALVES = [["mx", "nvfp4", "float"], ["fixed", "block", "posit", "codebook16", "codebook256"]]
+
+
+def _run(tmp_path: Path, groups: list[list[str]], *args: str) -> list[dict[str, Any]]:
+    """The script's rows for ``args``, run once for each group of ``--formats``, two
+    groups at a time."""
+    outs = [tmp_path / f"out{i}.json" for i in range(len(groups))]
+    commands = [
+        [sys.executable, str(SCRIPT), *args, "--formats", *group, "--json", str(out)]
+        for group, out in zip(groups, outs, strict=True)
+    ]
+    rows = []
+    for out, done in zip(outs, run_all(commands, timeout=1200), strict=True):
+        rows += json.loads(out.read_text()) if out.exists() else []
+        assert done.returncode == 0, (done.stdout[-4000:], done.stderr[-4000:])
+    return rows
 
 
 def _all_same(rows: list[dict[str, Any]]) -> None:
@@ -54,7 +62,7 @@ def test_every_family_and_rounding_matches_eager(tmp_path: Path) -> None:
     """As qtorch compiles them (sizes symbolic), on 4,104 float32: block floating point's
     maximum over one row of 4,096 and a tail, no multiple of 16 (flat stochastic kernels,
     padded MX and NVFP4 blocks, whose 1-D kernel in one piece once failed to compile)."""
-    rows = _run(tmp_path / "out.json", "--dynamic", "--shape", "4104")
+    rows = _run(tmp_path, HALVES, "--dynamic", "--shape", "4104")
     assert {(r["family"], r["rounding"]) for r in rows} == {
         (f, r) for f in FAMILIES for r in ("nearest", "stochastic")
     }
@@ -65,25 +73,31 @@ def test_every_family_and_rounding_matches_eager(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("options", "families"),
     [
-        # (20-45 s each with cold compile caches: the default run samples the odd shape)
+        # (each family in a process of its own; with the whole list, 20-45 s each: the
+        # default run samples the odd shape)
         # quantize_ on whole rows of 16 (the stochastic row view) and whole NVFP4 blocks
         pytest.param(
-            ("--inplace", "--shape", "4128", "--formats", "codebook16", "block", "nvfp4"),
+            ("--inplace", "--shape", "4128"),
+            ("codebook16", "block", "nvfp4"),
             marks=pytest.mark.slow,
+            id="in-place",
         ),
         # 2-D, no dimension a multiple of 16: padded MX and NVFP4 blocks along the rows
-        ("--shape", "3,333", "--formats", "mx", "nvfp4"),
+        pytest.param(("--shape", "3,333"), ("mx", "nvfp4"), id="odd-shape"),
         # the casts to and from float32 inside the kernels
         pytest.param(
-            ("--dtype", "bfloat16", "--formats", "posit", "nvfp4"), marks=pytest.mark.slow
+            ("--dtype", "bfloat16"), ("posit", "nvfp4"), marks=pytest.mark.slow, id="bfloat16"
         ),
     ],
-    ids=["in-place", "odd-shape", "bfloat16"],
 )
-def test_in_place_shapes_and_dtypes_match_eager(tmp_path: Path, args: tuple[str, ...]) -> None:
-    _all_same(_run(tmp_path / "out.json", "--dynamic", *args))
+def test_in_place_shapes_and_dtypes_match_eager(
+    tmp_path: Path, options: tuple[str, ...], families: tuple[str, ...]
+) -> None:
+    rows = _run(tmp_path, [[family] for family in families], "--dynamic", *options)
+    assert {row["family"] for row in rows} == set(families)
+    _all_same(rows)
 
 
 @pytest.mark.slow  # about 10 minutes on 2 cores
@@ -102,7 +116,9 @@ def test_in_place_shapes_and_dtypes_match_eager(tmp_path: Path, args: tuple[str,
     ],
 )
 def test_every_family_in_every_variant_matches_eager(tmp_path: Path, args: tuple[str, ...]) -> None:
-    _all_same(_run(tmp_path / "out.json", *args))
+    rows = _run(tmp_path, HALVES, *args)
+    assert {row["family"] for row in rows} == set(FAMILIES)
+    _all_same(rows)
 
 
 _MUTANT = """
