@@ -361,7 +361,7 @@ def _tables(fields: Fields, dtype: torch.dtype, device: torch.device) -> Codeboo
     return _build_tables(fields, dtype, device)
 
 
-@functools.lru_cache(maxsize=64)
+@kern.cached_tables(maxsize=64)
 def _build_tables(fields: Fields, dtype: torch.dtype, device: torch.device) -> CodebookTables:
     entries, signed, scale, boundaries = fields
     fmt = Codebook(entries, signed=signed, scale=scale, boundaries=boundaries)

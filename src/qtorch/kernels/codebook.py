@@ -19,12 +19,13 @@ The kernels are pure tensor code: no Python branching on tensor values, any devi
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -42,12 +43,15 @@ from qtorch.kernels.codebook_search import (
     search_lookup_pair,
     unpack_pairs,
 )
+from qtorch.kernels.compiled_call import dispatch_mode_active
 
 __all__ = [
     "Bracket",
     "Cut",
     "Ratio",
+    "TableCache",
     "bracket",
+    "cached_tables",
     "choose_stochastic",
     "decode_mirrored",
     "decode_signed",
@@ -70,6 +74,39 @@ __all__ = [
 ]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+_T = TypeVar("_T")
+
+
+class TableCache(Generic[_T]):
+    """A function that builds lookup tensors, with ``functools.lru_cache(maxsize)`` for
+    calls made outside torch's dispatch modes.
+
+    Under a mode (``FakeTensorMode``, the tracing of ``torch.export`` or ``make_fx``) the
+    tensors are built anew, of that mode, and not kept: the cache kept them before, and
+    served fake or traced tables to every later call (after ``torch.export.export`` of a
+    model with a codebook quantizer, the model itself returned FakeTensors). Real tables
+    cannot serve there instead: a ``FakeTensorMode`` refuses real inputs.
+    """
+
+    def __init__(self, build: Callable[..., _T], maxsize: int) -> None:
+        self._build = build
+        self._cached = functools.lru_cache(maxsize)(build)
+        functools.update_wrapper(self, build)
+
+    def __call__(self, *args: Hashable) -> _T:
+        if dispatch_mode_active():
+            return self._build(*args)
+        return self._cached(*args)
+
+    def cache_clear(self) -> None:
+        self._cached.cache_clear()
+
+
+def cached_tables(maxsize: int) -> Callable[[Callable[..., _T]], TableCache[_T]]:
+    """Decorator: ``build`` as a :class:`TableCache` of ``maxsize`` entries."""
+    return lambda build: TableCache(build, maxsize)
 
 
 # --- preparation: exact boundaries as thresholds of a working dtype -------------------------

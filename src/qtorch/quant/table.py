@@ -11,7 +11,6 @@ accepted, see :class:`qtorch.Codebook`.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -255,7 +254,7 @@ def _hint_lookup(
     return q.to(x.dtype)
 
 
-@functools.lru_cache(maxsize=128)
+@kern.cached_tables(maxsize=128)
 def _nearest_tables(
     entries: tuple[float, ...], dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
@@ -284,7 +283,7 @@ def _nearest_tables(
     )
 
 
-@functools.lru_cache(maxsize=128)
+@kern.cached_tables(maxsize=128)
 def _hint_tables(
     entries: tuple[float, ...], hints: tuple[float, ...], dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
