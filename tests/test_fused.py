@@ -19,6 +19,7 @@ from qtorch.cli.bench import FAMILIES, family_format
 from qtorch.kernels import fused, mx
 from qtorch.kernels.eager import run as eager_run
 from qtorch.kernels.per_block import stored
+from qtorch.quant import Quantizer
 from qtorch.rounding import Rounding
 
 #: One format per family (the ones the benchmark times), plus a block format with a dim.
@@ -394,6 +395,41 @@ def test_blocks_dimension_never_recompiles_behind_the_cache(
             assert bits_equal(eager, compiled), shape
     assert len(fused._cache) == 3  # one kernel per branch (the cache was empty)
     assert counters["stats"]["unique_graphs"] - graphs == 3
+    assert not fused._broken
+
+
+@pytest.mark.usefixtures("fresh_fused")
+def test_tensors_requiring_grad_without_grad_mode_run_the_plain_tensors_graph() -> None:
+    """Parameters rounded in place under no_grad (the optimizer's steps) and a non-leaf
+    that requires grad with grad mode off (a Quantizer's input inside its autograd
+    Function). Dynamo guards on the type and on requires_grad: it compiled more graphs
+    for them, the first with static sizes (OptimLP on three Linear layers: five graphs
+    for one kernel), and for a non-leaf it read .grad there, which warns (under
+    ``-W error`` the quantizer fell back to eager). They run the graph compiled for plain
+    tensors: one per kernel."""
+    from torch._dynamo.utils import counters
+
+    fmt = qtorch.FixedPoint(8, 6)
+    graphs = counters["stats"]["unique_graphs"]
+    for n in (1000, 1001, 5000):
+        p = torch.nn.Parameter(torch.randn(n) * 3)
+        with qtorch.kernel_mode("eager"):
+            want = qtorch.quantize(p.detach(), fmt)
+        with qtorch.kernel_mode("compiled"), torch.no_grad():
+            qtorch.quantize_(p, fmt)
+        assert bits_equal(p.detach(), want) and p.requires_grad
+    for n in (3, 300, 301):
+        y = torch.randn(n, 64, requires_grad=True) * 3  # a non-leaf
+        with qtorch.kernel_mode("eager"):
+            want = qtorch.quantize(y.detach(), fmt)
+        with qtorch.kernel_mode("compiled"), torch.no_grad():
+            assert bits_equal(qtorch.quantize(y, fmt), want)
+        with qtorch.kernel_mode("compiled"):
+            got = Quantizer(forward_number=fmt, forward_rounding="nearest")(y)
+        assert bits_equal(got, want) and got.requires_grad
+    keys = [fused._key(x, fmt, Rounding.NEAREST, i, "cpu") for x, i in [(p, True), (y, False)]]
+    assert list(fused._cache) == keys  # quantize_ and quantize: a graph each
+    assert counters["stats"]["unique_graphs"] - graphs == 2
     assert not fused._broken
 
 

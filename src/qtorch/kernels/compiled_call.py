@@ -255,8 +255,15 @@ class CompiledKernel:
             # no graph to build: the result does not require grad, no grad mode needed
             return direct(x, seed, shape)
         self.capture.forget_ran()
+        # Dynamo guards on the type (a Parameter) and on requires_grad, which x may have
+        # with grad mode off (the optimizer's in-place steps, an autograd Function's
+        # forward): it compiled a second graph for them, and for a non-leaf it read .grad
+        # there, which warns (under ``-W error`` the compile failed). A detached x (same
+        # storage) runs the graph of plain tensors. (A first call's x is plain: detached,
+        # it would lose the dimensions marked dynamic.)
+        arg = x if type(x) is torch.Tensor and not x.requires_grad else x.detach()
         with torch.no_grad():
-            out = self.dynamo_fn(x, seed)
+            out = self.dynamo_fn(arg, seed)
         ran = self.capture.ran()
         cpu = x.is_cpu
         device_type = "cpu" if cpu else x.device.type  # x.device builds an object

@@ -521,7 +521,7 @@ def quantize_compiled(
                     # and later inputs of any size (unmarked) match it without recompiling.
                     # On the CPU that tensor is a probe (of arg's shape, or smaller), on
                     # which the kernel must give the eager bits (qtorch.kernels.verify);
-                    # elsewhere a view of arg.
+                    # elsewhere arg detached.
                     static = _static_dims(key.shape, arg.dim())
                     verifying = _device_type(x) in verify.DEVICES
                     if verifying:
@@ -530,7 +530,7 @@ def quantize_compiled(
                         )
                         first = verify.probe_like(arg, shape)
                     else:
-                        first = arg.view(arg.shape)
+                        first = arg.detach()  # (a plain tensor: compiled_call.CompiledKernel)
                     _mark_dynamic(first, static)
                     # Inductor's own deprecation notices are not the user's business (and
                     # under ``-W error`` they would make every compile fail).
