@@ -75,8 +75,8 @@ def test_every_family_and_rounding_matches_eager(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "families"),
     [
-        # (each family in a process of its own; with the whole list, 20-45 s each: the
-        # default run samples the odd shape)
+        # (each family in a process of its own, two at a time: 18-31 s each on 2 cores;
+        # the default run samples the odd shape)
         # quantize_ on whole rows of 16 (the stochastic row view) and whole NVFP4 blocks
         pytest.param(
             ("--inplace", "--shape", "4128"),
@@ -100,7 +100,7 @@ def test_in_place_shapes_and_dtypes_match_eager(
     _all_same(rows)
 
 
-@pytest.mark.slow  # about 10 minutes on 2 cores
+@pytest.mark.slow  # about 5 minutes on 2 cores
 @pytest.mark.parametrize(
     "args",
     [
