@@ -33,6 +33,7 @@ import torch
 from qtorch.kernels.bits import flip_sign, isnan, signbit
 from qtorch.kernels.codebook_search import (
     Search,
+    bucket_base,
     bucket_of,
     count_below,
     gather,
@@ -87,7 +88,9 @@ class TableCache(Generic[_T]):
     tensors are built anew, of that mode, and not kept: the cache kept them before, and
     served fake or traced tables to every later call (after ``torch.export.export`` of a
     model with a codebook quantizer, the model itself returned FakeTensors). Real tables
-    cannot serve there instead: a ``FakeTensorMode`` refuses real inputs.
+    cannot serve there instead: a ``FakeTensorMode`` refuses real inputs. So the builders
+    never read a tensor back (a fake or meta one has no data): what they need on the host
+    they compute there (:func:`qtorch.kernels.codebook_search.bucket_base`).
     """
 
     def __init__(self, build: Callable[..., _T], maxsize: int) -> None:
@@ -355,8 +358,8 @@ def prepare_bracket(
     if plain.values or not plain.buckets:
         return Bracket(plain)
     if dtype == torch.float32 and plain.width <= 1:
-        assert plain.base is not None
-        base = plain.base.cpu().numpy().astype(np.int64)  # points <= every y of the bucket
+        # points <= every y of the bucket
+        base = bucket_base(points, dtype, or_equal=True, signed=signed).astype(np.int64)
         p = np.array(points, dtype=np.float32)
         # lo, hi for c = 0 or 1 points of the bucket <= y: c=0 (p[B-1], p[B]), c=1 (p[B],
         # p[B+1]), indices clamped to the table (lo = hi = the end point beyond the ends)

@@ -24,6 +24,7 @@ __all__ = [
     "WIDTH_MAX",
     "Search",
     "binary_search",
+    "bucket_base",
     "bucket_of",
     "count_below",
     "gather",
@@ -126,6 +127,18 @@ def prepare_search(
         choices,
         pairs,
     )
+
+
+def bucket_base(
+    values: Sequence[float], dtype: torch.dtype, or_equal: bool = False, signed: bool = True
+) -> np.ndarray:
+    """``base`` of the bucket layout :func:`prepare_search` picks for these arguments, as
+    numpy integers (it has buckets: the caller checked), for preparations that need it on
+    the host: :attr:`Search.base` is on the device, and a meta or fake one holds no data."""
+    values = tuple(v + 0.0 for v in values)
+    best = _best_buckets(np.array(values), dtype, or_equal, signed)
+    assert best is not None
+    return best[4]
 
 
 def _best_buckets(
