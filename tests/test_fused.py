@@ -433,6 +433,26 @@ def test_tensors_requiring_grad_without_grad_mode_run_the_plain_tensors_graph() 
     assert not fused._broken
 
 
+@pytest.mark.parametrize(("name", "rounding"), [("fixed", "stochastic"), ("block", "nearest")])
+def test_inference_mode_and_inference_tensors_match_eager(name: str, rounding: str) -> None:
+    """Inside ``torch.inference_mode()``, and on its tensors outside it, the compiled path
+    gives the eager bits (a kernel's first call there compiles a graph of its own:
+    docs/performance.md); ``quantize_`` writes into an inference tensor inside the mode."""
+    fmt = family_format(name)
+    with torch.inference_mode():
+        made = torch.randn(40, 70) * 3
+    for x, inside in [(torch.randn(50, 70) * 3, True), (made, False), (made, True)]:
+        with qtorch.kernel_mode("eager"):
+            want = qtorch.quantize(x, fmt, rounding, torch.Generator().manual_seed(3))
+        with qtorch.kernel_mode("compiled"), torch.inference_mode(inside):
+            got = qtorch.quantize(x, fmt, rounding, torch.Generator().manual_seed(3))
+            assert bits_equal(got, want)
+            if inside:
+                y = x.clone()
+                qtorch.quantize_(y, fmt, rounding, torch.Generator().manual_seed(3))
+                assert bits_equal(y, want)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Inductor's own, on import
 @pytest.mark.parametrize("name", ["fixed(8,4)", "mx(float8_e4m3fn, 32, 0)"])
 def test_more_than_2_to_the_32_elements_get_a_wide_kernel(name: str) -> None:
