@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scripts import run_all
+from script_runs import run_all
 
 pytest.importorskip("triton")
 
