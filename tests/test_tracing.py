@@ -111,7 +111,7 @@ def test_codebook_tables_built_under_fake_tensor_mode_are_not_kept() -> None:
     assert bits_equal(after[0], nearest)
     codebook._build_tables.cache_clear()
     table_module._nearest_tables.cache_clear()
-    for got, want in zip(after[:3], run(x), strict=False):
+    for got, want in zip(after[:3], run(x)[:3], strict=True):  # (the last: torch RNG)
         assert bits_equal(got, want)
 
 
