@@ -15,6 +15,7 @@ from edge_cases import bits_equal
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.export import Dim
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import qtorch
 from qtorch.auto_low import lower
@@ -113,6 +114,25 @@ def test_codebook_tables_built_under_fake_tensor_mode_are_not_kept() -> None:
     table_module._nearest_tables.cache_clear()
     for got, want in zip(after[:3], run(x)[:3], strict=True):  # (the last: torch RNG)
         assert bits_equal(got, want)
+
+
+class _PassThrough(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        return func(*args, **(kwargs or {}))
+
+
+def test_modes_that_make_plain_tensors_use_the_cached_tables() -> None:
+    """Under a dispatch mode whose tensors are plain ones (one that watches the operations,
+    as ``FlopCounterMode`` does) the cached tables serve: built anew on every call, a
+    256-entry codebook's took 12-16 ms a call there, against 0.3-1 ms."""
+    fmt = family_format("codebook256")
+    x = torch.randn(1000) * 3
+    want = qtorch.quantize(x, fmt)
+    hits = codebook._build_tables._cached.cache_info().hits
+    with _PassThrough():
+        got = [qtorch.quantize(x, fmt) for _ in range(2)]
+    assert codebook._build_tables._cached.cache_info().hits - hits >= 2
+    assert all(type(q) is torch.Tensor and bits_equal(q, want) for q in got)
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])

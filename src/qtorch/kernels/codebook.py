@@ -82,10 +82,11 @@ _T = TypeVar("_T")
 
 class TableCache(Generic[_T]):
     """A function that builds lookup tensors, with ``functools.lru_cache(maxsize)`` for
-    calls made outside torch's dispatch modes.
+    calls whose new tensors are plain tensors.
 
-    Under a mode (``FakeTensorMode``, the tracing of ``torch.export`` or ``make_fx``) the
-    tensors are built anew, of that mode, and not kept: the cache kept them before, and
+    Under a dispatch mode that makes tensors of its own (``FakeTensorMode``, the tracing of
+    ``torch.export`` or symbolic ``make_fx``: ``torch.empty(0)`` is not a plain tensor
+    there) the tables are built anew, of that mode, and not kept: the cache kept them, and
     served fake or traced tables to every later call (after ``torch.export.export`` of a
     model with a codebook quantizer, the model itself returned FakeTensors). Real tables
     cannot serve there instead: a ``FakeTensorMode`` refuses real inputs. So the builders
@@ -99,8 +100,8 @@ class TableCache(Generic[_T]):
         functools.update_wrapper(self, build)
 
     def __call__(self, *args: Hashable) -> _T:
-        if dispatch_mode_active():
-            return self._build(*args)
+        if dispatch_mode_active() and type(torch.empty(0)) is not torch.Tensor:
+            return self._build(*args)  # a mode that makes tensors of its own: fake, traced
         return self._cached(*args)
 
     def cache_clear(self) -> None:
