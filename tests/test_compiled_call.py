@@ -196,7 +196,6 @@ def test_dispatch_modes_see_the_eager_operations() -> None:
 FAMILIES = ["fixed", "float", "float8_e4m3fn", "block", "posit", "codebook16", "mx", "nvfp4"]
 
 
-@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch's, vmap
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's, jvp
 @pytest.mark.parametrize("rounding", [Rounding.NEAREST, Rounding.STOCHASTIC])
 @pytest.mark.parametrize("name", FAMILIES)

@@ -151,7 +151,6 @@ def test_module_forward_and_backward(module: type, forward, backward) -> None:  
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's forward AD
-@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch's, vmap
 @pytest.mark.parametrize(
     ("module", "forward", "backward"),
     [

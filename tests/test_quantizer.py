@@ -298,7 +298,6 @@ def test_torch_compile_inductor_matches_eager() -> None:
     _compile_and_compare("inductor")
 
 
-@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch's, vmap
 def test_per_example_gradients_with_torch_func() -> None:
     """``vmap(grad(...))`` gives each example the gradient that autograd gives it alone
     (the Function raised under every torch.func transform before: no setup_context)."""
@@ -355,7 +354,6 @@ def test_forward_mode_passes_the_tangent_straight_through(clamping: bool) -> Non
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's forward AD
-@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch's, vmap
 def test_hessian_of_a_square_through_the_quantizer() -> None:
     """f(x) = sum(q(x)**2): the straight-through gradient is 2 q(x), so the Hessian
     (``torch.func.hessian``: forward over reverse) is 2 on the diagonal where the forward

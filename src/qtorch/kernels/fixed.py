@@ -73,7 +73,8 @@ def _round_scaled(
         k = torch.where((k.abs() < tiny) & (x != 0), torch.sign(x) * tiny, k)
     k = round_signed_(k, rounding, noise)
     if bounds is not None:
-        k = k.clamp_(bounds[0] * 2.0**fl, bounds[1] * 2.0**fl)  # exact: held values, scaled
+        # exact: held values, scaled (clamp_min_ and clamp_max_: vmap has no rule for clamp_)
+        k = k.clamp_min_(bounds[0] * 2.0**fl).clamp_max_(bounds[1] * 2.0**fl)
     q = k.mul_(2.0**-fl)
     if fl > 0 and bounds is None:
         q = torch.where(x.abs() >= 2.0 ** (lay.mantissa_bits - fl), x, q)

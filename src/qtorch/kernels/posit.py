@@ -132,7 +132,9 @@ def round_ef_nearest(ef: torch.Tensor, nsize: int, es: int, frac_bits: int) -> t
     run ^= run >> sign_shift  # R - 2: k for k >= 0, -1 - k for k < 0
     offset = tail_bits + 2 - (nsize - 1)
     # run >= 0, so d >= offset: the lower clamp matters only for a negative offset
-    d = (run + offset).clamp_(0 if offset < 0 else None, tail_bits)
+    d = (run + offset).clamp_max_(tail_bits)
+    if offset < 0:
+        d = d.clamp_min_(0)
     # The code's last kept bit is bit d of ef, except when no tail bit survives (d == es + F):
     # then it is the regime's terminating bit, 1 iff k < 0, while bit d of ef is k's low bit;
     # the two differ exactly when run is odd.
@@ -174,7 +176,8 @@ def round_posit(
     y = x * scale if scale != 1.0 else x
     ef = magnitude_ef(y, normalise)
     if rounding is Rounding.NEAREST:
-        q = ef_value(round_ef_nearest(ef, nsize, es, frac_bits).clamp_(lo, hi), x.dtype, normalise)
+        rounded = round_ef_nearest(ef, nsize, es, frac_bits).clamp_min_(lo).clamp_max_(hi)
+        q = ef_value(rounded, x.dtype, normalise)
     elif rounding is Rounding.STOCHASTIC:
         if noise is None:
             raise ValueError("stochastic rounding needs noise")
@@ -219,9 +222,9 @@ def _signed_with_specials(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         signed = signed | (bits & ~lay.magnitude_mask)
         return torch.where(magnitude == 0, 0, signed).view(x.dtype)
     nonzero = magnitude.clamp(max=1)
-    special = magnitude.sub_(infinity - 1).clamp_(0, 1)  # magnitude is not needed any more
+    special = magnitude.sub_(infinity - 1).clamp_min_(0).clamp_max_(1)  # (magnitude: unused)
     out = q.view(lay.int_dtype).mul_(nonzero)  # 0 for ±0; maxpos (< Inf) for specials
-    out = out.clamp_(min=special.mul_(quiet_nan))  # NaN for specials (no out=: vmap)
+    out = out.clamp_min_(special.mul_(quiet_nan))  # NaN for specials (vmap: not out=, clamp_)
     return copysign(out.view(x.dtype), x) + 0.0  # not in place: copysign saves it
 
 
