@@ -191,10 +191,12 @@ def test_stochastic_rounding_unbiased_given_the_scale() -> None:
 
 def test_parameters_properties_and_errors() -> None:
     assert nvfp4.bits == 4 and nvfp4.max == 2688.0 and nvfp4.min_positive == 2.0**-10
-    assert NVFP4(tensor_scale=0.1).tensor_scale == float(np.float32(0.1))
+    # the float32 nearest 0.1 and 3.4e38 (torch's cast); 3.5e38 is beyond float32
+    for g in (0.1, 3.4e38):
+        assert NVFP4(tensor_scale=g).tensor_scale == torch.tensor(g, dtype=torch.float32).item()
     assert NVFP4(tensor_scale="amax").max == math.inf
     assert hash(NVFP4()) == hash(nvfp4) and NVFP4() == nvfp4
-    for bad in (0.0, -1.0, math.inf, 1e-50, "max", True):
+    for bad in (0.0, -1.0, math.inf, 1e-50, 3.5e38, "max", True):
         with pytest.raises(ValueError, match="tensor_scale"):
             NVFP4(tensor_scale=bad)
     with pytest.raises(ValueError, match="block_size"):

@@ -149,3 +149,16 @@ def test_meta_tensors_give_meta_results(name: str, rounding: str) -> None:
         q = qtorch.quantize(x, fmt, rounding)
         assert q.device.type == "meta" and q.shape == x.shape and q.dtype == x.dtype
         assert qtorch.quantize_(x, fmt, rounding) is x
+
+
+def test_formats_built_on_the_meta_default_device() -> None:
+    """Models built empty (``with torch.device("meta")``) build their formats there too:
+    NVFP4 rounded a numeric tensor_scale to float32 through a tensor it read back
+    ("Tensor.item() cannot be called on meta tensors")."""
+    with torch.device("meta"):
+        fmt = qtorch.NVFP4(tensor_scale=0.3)
+        model = torch.nn.Sequential(torch.nn.Linear(32, 32), qtorch.Quantizer(fmt, fmt, "nearest"))
+    assert fmt.tensor_scale == torch.tensor(0.3, dtype=torch.float32).item()
+    model = model.to_empty(device="cpu")
+    x = torch.randn(4, 32)
+    assert bits_equal(model[1](x), qtorch.quantize(x, qtorch.NVFP4(tensor_scale=0.3)))

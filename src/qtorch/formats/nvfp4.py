@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from qtorch.formats.base import EagerPieces, Format, pieces_of
@@ -81,7 +82,8 @@ class NVFP4(BlocksAlongDim, Format):
             raise ValueError(
                 f'NVFP4: tensor_scale must be None, "amax" or a positive float, got {g!r}'
             )
-        g32 = torch.tensor(float(g), dtype=torch.float32).item()
+        with np.errstate(over="ignore"):  # beyond float32: Inf, refused below
+            g32 = float(np.float32(g))  # (not a torch tensor: meta or fake default devices)
         if not (math.isfinite(g32) and g32 > 0):
             raise ValueError(
                 f"NVFP4: tensor_scale must be positive and finite in float32, got {g!r}"
