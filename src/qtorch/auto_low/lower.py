@@ -3,7 +3,8 @@
 A lowered layer keeps its class, its ``forward`` and its ``state_dict`` keys. It gains a
 child :class:`~qtorch.quant.Quantizer` named ``qtorch_output`` and a forward hook that
 passes the layer's output through it; with ``weight_number`` it also gains a child
-``qtorch_weight`` and a forward pre-hook that rounds the layer's own parameters in place.
+``qtorch_weight`` and a forward pre-hook that rounds the layer's own parameters in place
+(when they changed since it last did).
 Hooks and children are ordinary module state, so lowered models survive
 ``copy.deepcopy``, pickling, ``state_dict`` round trips and ``torch.compile``.
 """
@@ -11,13 +12,14 @@ Hooks and children are ordinary module state, so lowered models survive
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from qtorch.formats.base import Format
+from qtorch.kernels.compiled_call import dispatch_mode_active, transform_active
 from qtorch.quant.quantizer import Quantizer
 from qtorch.quantize import quantize_
 from qtorch.rounding import Rounding
@@ -70,10 +72,25 @@ WEIGHT_NAME = "qtorch_weight"
 
 
 class WeightQuantizer(nn.Module):
-    """Rounds the parameters a layer owns directly (weight, bias, ...) in place.
+    """Rounds the parameters a layer owns directly (weight, bias, ...) in place, once per
+    change of their values.
 
     Floating-point parameters only, under ``torch.no_grad()``; parameters of sub-modules
-    are left to their own lowering.
+    are left to their own lowering. A parameter is rounded when it has changed since this
+    module last rounded it: a new tensor or new storage (``.to()``, ``p.data = ...``), or
+    an in-place write that autograd sees (an optimizer step, ``load_state_dict``, any
+    update under ``torch.no_grad()``; in-place writes to ``p.data`` are invisible to it,
+    as to autograd). Rounding again what is already rounded would bump the parameter's
+    version: a layer called twice in one forward pass then failed in backward ("modified
+    by an inplace operation") once the first call had saved the weight for it, and formats
+    whose rounding is not idempotent (NVFP4's and MXINT8's block scales, with a block
+    maximum rounded up a binade) changed the weights at every forward pass.
+
+    Where versions are not the values' own, the parameters are rounded at every call:
+    while ``torch.compile`` or ``torch.export`` traces the layer, under a dispatch mode,
+    for tensor subclasses (sharded parameters, say) and for ``torch.func``'s wrappers
+    (``functional_call`` under ``grad``). A layer called twice in one pass fails there as
+    it did everywhere.
     """
 
     def __init__(self, number: Format, rounding: Rounding | str = "stochastic") -> None:
@@ -82,15 +99,42 @@ class WeightQuantizer(nn.Module):
             raise TypeError(f"lower: weight_number must be a qtorch format, got {number!r}")
         self.number = number
         self.rounding = number.check_rounding(rounding)
+        #: parameter name -> (id, version, data pointer) just after this module rounded it
+        self._rounded: dict[str, tuple[int, int, int]] = {}
 
     @torch.no_grad()
     def forward(self, layer: nn.Module) -> None:
-        for param in layer.parameters(recurse=False):
-            if param.is_floating_point():
-                quantize_(param, self.number, self.rounding)
+        traced = torch.compiler.is_compiling() or dispatch_mode_active()
+        for name, param in layer.named_parameters(recurse=False):
+            if not param.is_floating_point():
+                continue
+            seen = None if traced else _identity(param)
+            if seen is not None and self._rounded.get(name) == seen:
+                continue
+            quantize_(param, self.number, self.rounding)
+            if seen is not None:
+                self._rounded[name] = (id(param), param._version, param.data_ptr())
 
     def extra_repr(self) -> str:
         return f"number={self.number!r}, rounding={self.rounding.value!r}"
+
+
+def _identity(param: torch.Tensor) -> tuple[int, int, int] | None:
+    """What changes when param's values may have: the tensor, its version, its storage
+    (None for tensor subclasses and ``torch.func``'s wrappers, which have no storage)."""
+    if type(param) is not nn.Parameter and type(param) is not torch.Tensor:
+        return None
+    if transform_active() and _functorch_wrapped(param):
+        return None
+    return id(param), param._version, param.data_ptr()
+
+
+try:
+    _functorch_wrapped: Callable[[torch.Tensor], bool] = (
+        torch._C._functorch.is_functorch_wrapped_tensor
+    )
+except AttributeError:  # another torch: under a transform, every tensor counts as wrapped
+    _functorch_wrapped = lambda t: True  # noqa: E731
 
 
 def _quantize_output(layer: nn.Module, args: Any, output: Any) -> Any:
@@ -157,8 +201,9 @@ def lower(
     :data:`LAYER_TYPES`) gets a :class:`~qtorch.quant.Quantizer` on its output: forward
     values rounded to ``forward_number``, their gradients to ``backward_number``. Output
     tuples and lists have each floating-point tensor quantized. With ``weight_number``, the
-    layer's own floating-point parameters are rounded in place to it before every forward
-    pass. Lowering a layer again replaces its quantizers.
+    layer's own floating-point parameters are rounded in place to it before a forward pass
+    whenever they changed since they were last rounded (:class:`WeightQuantizer`).
+    Lowering a layer again replaces its quantizers.
 
     Args:
         model: the model, modified in place (and returned).
