@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from qtorch.cli import bench
+from qtorch.cli.main import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,6 +153,18 @@ def test_bench_script_and_subcommand_parse(capsys: pytest.CaptureFixture[str]) -
         parser.parse_args(["bench", "--help"])
     assert exit_info.value.code == 0
     assert "--quick" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_bench_refuses_cuda_without_a_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--device cuda`` where there is none is an error (it printed a note and exited 0,
+    having timed nothing, and wrote an empty --json report)."""
+    out = tmp_path / "bench.json"
+    code = cli_main(["bench", "--device", "cuda", "--quick", "--json", str(out)])
+    assert code == 2 and not out.exists()
+    assert "no CUDA device" in capsys.readouterr().err
 
 
 def test_gpu_check_dry_run_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:

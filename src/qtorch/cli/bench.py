@@ -487,7 +487,8 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cuda":
         devices = devices[1:]
         if not devices:
-            print("note: no CUDA device; nothing to time", file=sys.stderr)
+            print("qtorch bench: --device cuda, but no CUDA device is available", file=sys.stderr)
+            return 2
     paths = ("eager", "fused") if args.path == "both" else (args.path,)
     report: dict[str, Any] = {"runs": []}
     for device in devices:
@@ -565,7 +566,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--path", choices=("both", "eager", "fused"), default="both", help="which paths to time"
     )
     parser.add_argument(
-        "--device", choices=("cpu", "cuda", "all"), default="all", help="cuda rows need a GPU"
+        "--device",
+        choices=("cpu", "cuda", "all"),
+        default="all",
+        help="all: CPU, and CUDA where a GPU is present; cuda without one is an error (exit 2)",
     )
     parser.add_argument(
         "--timer",
