@@ -5,7 +5,9 @@ its examples divided by the global count), so activation gradients, which backwa
 round, are those of the single-process run; DDP averages parameter gradients over the
 world, and ``OptimLP(grad_scaling=world_size)`` undoes that factor of 1/2 exactly. All
 inputs and weights are dyadic with few bits, so every sum is exact and the order in which
-the processes add up does not matter: the results must agree bitwise.
+the processes add up does not matter: the results must agree bitwise. With FSDP2 also for
+stochastic rounding of the weights, every process drawing the seeds the single process
+draws: each shard gets the noise of its place in the full weight (it raised before).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.multiprocessing as mp
 from edge_cases import bits_equal
 from torch import nn
 
+import qtorch
 from qtorch import FixedPoint
 from qtorch.optim import OptimLP
 from qtorch.quant import Quantizer
@@ -44,10 +47,17 @@ def _model() -> nn.Module:
     )
 
 
-def _optimizer(params: Any, grad_scaling: float) -> OptimLP:
+def _optimizer(params: Any, grad_scaling: float, stochastic: bool = False) -> OptimLP:
+    weight_quant: Any = FixedPoint(8, 6)
+    if stochastic:  # the same generator, so the same seeds, in every process
+        g = torch.Generator().manual_seed(1)
+
+        def weight_quant(t: torch.Tensor) -> torch.Tensor:
+            return qtorch.quantize(t, FixedPoint(8, 6), "stochastic", generator=g)
+
     return OptimLP(
         torch.optim.SGD(params, lr=0.125, momentum=0.5),
-        weight_quant=FixedPoint(8, 6),
+        weight_quant=weight_quant,
         grad_scaling=grad_scaling,
         grad_quant=FixedPoint(16, 12),
         momentum_quant=FixedPoint(16, 12),
@@ -94,18 +104,20 @@ def _worker(
             _loss(ddp(x[lo:hi]), y[lo:hi]).backward()
             opt.step()
         torch.save(model.state_dict(), f"{out}/rank{rank}.pt")
-        if _fully_shard is not None:
+        for name, stochastic in (("fsdp", False), ("fsdp_stochastic", True)):
+            if _fully_shard is None:
+                break
             sharded = _model()
             sharded.load_state_dict(init)
             _fully_shard(sharded)
-            opt = _optimizer(sharded.parameters(), grad_scaling=WORLD)
+            opt = _optimizer(sharded.parameters(), WORLD, stochastic)
             for x, y in batches:
                 opt.zero_grad()
                 lo, hi = rank * share, (rank + 1) * share
                 _loss(sharded(x[lo:hi]), y[lo:hi]).backward()
                 opt.step()
             full = {k: v.full_tensor() for k, v in sharded.state_dict().items()}
-            torch.save(full, f"{out}/fsdp{rank}.pt")
+            torch.save(full, f"{out}/{name}{rank}.pt")
     finally:
         dist.destroy_process_group()
     # torch 2.13 on CPU: a process that used DDP over gloo aborts at interpreter exit in
@@ -126,21 +138,27 @@ def test_ddp_and_fsdp_match_single_process(tmp_path: Any) -> None:
     init, batches = _data()
     mp.spawn(_worker, args=(_free_port(), init, batches, str(tmp_path)), nprocs=WORLD, join=True)
 
-    model = _model()
-    model.load_state_dict(init)
-    opt = _optimizer(model.parameters(), grad_scaling=1.0)
-    for x, y in batches:
-        opt.zero_grad()
-        _loss(model(x), y).backward()
-        opt.step()
-    single = model.state_dict()
+    singles = {}
+    for stochastic in (False, True):
+        model = _model()
+        model.load_state_dict(init)
+        opt = _optimizer(model.parameters(), 1.0, stochastic)
+        for x, y in batches:
+            opt.zero_grad()
+            _loss(model(x), y).backward()
+            opt.step()
+        singles[stochastic] = model.state_dict()
+    single = singles[False]
 
-    names = [f"rank{rank}" for rank in range(WORLD)]
+    runs = [(f"rank{rank}", False) for rank in range(WORLD)]
     if _fully_shard is not None:
-        names += [f"fsdp{rank}" for rank in range(WORLD)]
-    for name in names:
+        runs += [(f"fsdp{rank}", False) for rank in range(WORLD)]
+        runs += [(f"fsdp_stochastic{rank}", True) for rank in range(WORLD)]
+    for name, stochastic in runs:
         ranked = torch.load(f"{tmp_path}/{name}.pt")
         assert list(ranked) == list(single)
-        for key, value in single.items():
+        for key, value in singles[stochastic].items():
             assert bits_equal(ranked[key], value), (name, key)
     assert any(not torch.equal(single[k], init[k]) for k in single)  # it did train
+    # stochastic rounding drew noise: the weights differ from nearest rounding's
+    assert any(not torch.equal(single[k], singles[True][k]) for k in single)

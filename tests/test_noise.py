@@ -215,6 +215,23 @@ def test_noise_at_given_indices_matches_reference(dtype: torch.dtype) -> None:
         assert bits_equal(got.view(-1), torch.tensor(expected, dtype=dtype)), seed
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_seed_at_gives_the_noise_from_an_index_on(dtype: torch.dtype) -> None:
+    """seed_at (a part of a DTensor holding consecutive elements): its seed's noise at
+    0, 1, ... is the reference noise of the original seed at start, start + 1, ...; no
+    float32 seed does that across a multiple of 2**32."""
+    bits = 24 if dtype == torch.float32 else 53
+    for seed in SEEDS:
+        for start in (0, 7, 2**31 + 5, 2**32 - 9, 5 * 2**32 + 3, 2**62 + 1):
+            shifted = noise.seed_at(torch.tensor(seed), start, 9, dtype)
+            assert shifted is not None, (seed, start)
+            got = noise.uniform_from_counter(shifted, (9,), dtype)
+            want = [reference_uniform(seed, start + i, bits) for i in range(9)]
+            assert bits_equal(got, torch.tensor(want, dtype=dtype)), (seed, start)
+    crossing = noise.seed_at(torch.tensor(3), 2**32 - 9, 10, dtype)
+    assert (crossing is None) == (dtype == torch.float32)
+
+
 @INDUCTOR_NOTICES
 def test_rows_across_2_to_the_32_match_reference() -> None:
     # each row takes the high word of its start, eagerly and compiled

@@ -6,8 +6,8 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 
 from qtorch.formats.base import Format
+from qtorch.kernels import dtensor, fused, sparse
 from qtorch.kernels import eager as eager_path
-from qtorch.kernels import fused, sparse
 from qtorch.kernels.compiled_call import transform_active
 from qtorch.kernels.noise import draw_seed, uniform_from_counter
 from qtorch.rounding import Rounding
@@ -110,6 +110,8 @@ def zero_gradient(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     stochastic (an output modified in place). A sparse COO x (q holds its coalesced
     places) gets the select on the stored values.
     """
+    if dtensor.is_dtensor(x):
+        return torch.where(dtensor.never_like(x), x, q)
     never = torch.zeros((), dtype=torch.bool, device=x.device)
     if x.is_sparse:  # (COO; not ``layout``, which Dynamo refuses in a backward)
         values = torch.where(never, x.coalesce().values(), q.values())
@@ -183,8 +185,13 @@ def _dispatch(
     if not strided:
         return sparse.quantize(x, fmt, mode, seed, dtype, inplace, caller)
 
-    def eager() -> torch.Tensor:
-        return eager_path.run(x, fmt, mode, seed, dtype, inplace)
+    def dense(t: torch.Tensor, seed: torch.Tensor | None, inplace: bool) -> torch.Tensor:
+        def eager() -> torch.Tensor:
+            return eager_path.run(t, fmt, mode, seed, dtype, inplace)
 
-    plan_key = (id(fmt), rounding, inplace)
-    return fused.quantize(x, fmt, mode, seed, inplace, eager, plan_key)
+        plan_key = (id(fmt), rounding, inplace)
+        return fused.quantize(t, fmt, mode, seed, inplace, eager, plan_key)
+
+    if dtensor.is_dtensor(x):
+        return dtensor.quantize(x, fmt, mode, seed, dtype, inplace, caller, dense)
+    return dense(x, seed, inplace)

@@ -85,7 +85,9 @@ from qtorch.kernels.per_block import stored
 __all__ = [
     "draw_seed",
     "hash32",
+    "seed_at",
     "splitmix64",
+    "uniform_at",
     "uniform_from_counter",
     "uniform_range",
 ]
@@ -346,6 +348,38 @@ def uniform_at(seed: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> t
         top = _shift_right_logical(splitmix64(seed, index), 64 - 53)
         return top.to(dtype).mul_(2.0**-53)
     return _noise_from_words(hash32(seed, index, (index >> 32).to(torch.int32)))
+
+
+def seed_at(seed: torch.Tensor, start: int, count: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """A seed whose noise is ``seed``'s from flat index ``start`` on: for ``count``
+    elements, ``uniform_from_counter(seed_at(seed, start, count, dtype), (count,))``
+    equals ``uniform_range(seed, start, start + count)`` bit for bit, so a part of a tensor
+    holding the consecutive elements ``start ..`` of a whole one is rounded by the plain
+    tensor's path with the whole one's noise. None where no seed does that: float32 noise
+    of indices that cross a multiple of 2**32 (the high word of the index changes).
+
+    float64 (SplitMix64 of ``seed + i``): ``seed + start``. float32: the low word of the
+    seed is added to the index's (``c + k0``), so it becomes ``k0 + low(start)``; the high
+    word of every index is ``high(start)``, XORed into the key as ``high * GOLDEN32``, so
+    the new seed's high word is ``k1 ^ high(start) * GOLDEN32`` (its own indices, below
+    2**32, have high word 0). Tensor arithmetic on the 0-d seed: no host synchronization.
+
+    >>> s = torch.tensor(-5)
+    >>> u = uniform_from_counter(seed_at(s, 2**32 - 3, 3, torch.float32), (3,))
+    >>> torch.equal(u, uniform_range(s, 2**32 - 3, 2**32))
+    True
+    """
+    if dtype not in _NOISE_DTYPES:
+        raise ValueError(f"seed_at: dtype must be float32 or float64, got {dtype}")
+    if start < 0 or count < 0:
+        raise ValueError(f"seed_at: need start, count >= 0, got {start}, {count}")
+    if dtype == torch.float64:
+        return seed + _signed(start % 2**64)
+    low, high = start & 0xFFFFFFFF, start >> 32
+    if low + count > 2**32:
+        return None
+    key = (seed >> 32) ^ (high * (GOLDEN32 % 2**32) % 2**32)
+    return (key << 32) | ((seed + low) & 0xFFFFFFFF)
 
 
 def draw_seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
