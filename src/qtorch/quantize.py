@@ -63,6 +63,8 @@ def quantize(
             modified; the result has x's dtype, shape and device. Dense (strided) or
             sparse COO (its stored values rounded as the dense tensor's, the result
             coalesced: :mod:`qtorch.kernels.sparse`); other layouts raise ``TypeError``.
+            A DTensor gives the DTensor of its full tensor's rounding, with its mesh and
+            placements (:mod:`qtorch.kernels.dtensor`).
         fmt: any :class:`qtorch.formats.Format` (FixedPoint, FloatingPoint, ...).
         rounding: ``"nearest"`` (ties to even) or ``"stochastic"``; some formats accept the
             directed modes ``"toward_zero"``, ``"down"``, ``"up"``.
@@ -171,7 +173,8 @@ def _dispatch(
     Stochastic rounding draws one seed here; both paths make the same noise from it
     (:func:`qtorch.kernels.noise.uniform_from_counter`), the compiled one inside its kernel.
     The caller first tries the call's plan (:func:`qtorch.kernels.fused.run_planned`).
-    Sparse COO tensors go to :mod:`qtorch.kernels.sparse`.
+    Sparse COO tensors go to :mod:`qtorch.kernels.sparse`, DTensors to
+    :mod:`qtorch.kernels.dtensor` (which rounds plain tensors as this function does).
     """
     if not isinstance(fmt, Format):
         raise TypeError(f"{caller}: fmt must be a qtorch format, got {type(fmt).__name__}")
