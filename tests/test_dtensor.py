@@ -6,9 +6,10 @@ full tensor must equal ``quantize(x.full_tensor())`` bit for bit, the same seed 
 every rank; so must a ``Partial`` DTensor's rounding (its pending sum), and a 2-D mesh's.
 The full tensor's rounding by the plain-tensor path is the reference (it is checked against
 independent oracles elsewhere); NaN payloads aside, as between the eager and compiled paths
-(compiled fixed point and float stochastic rounding return NaN as 0xFFFFFFFF, the eager
-kernels 0x7FC00000, which parts rounded eagerly get). Before, stochastic rounding and
-codebooks raised on DTensors, and posits and block floating point gave other numbers.
+(the compiled kernels of fixed point, float and block formats return NaN with all payload
+bits set, the eager kernels the input NaN quieted, and some parts are rounded eagerly).
+Before, stochastic rounding and codebooks raised on DTensors, and posits and block floating
+point gave other numbers.
 """
 
 from __future__ import annotations
