@@ -3,7 +3,9 @@
 A DTensor stands for its full (global) tensor, of which each rank holds a part (FSDP2's
 sharded parameters, tensor-parallel weights and activations). ``quantize`` of a DTensor
 is the DTensor, with x's mesh and placements, of the rounding of the full tensor: bit for
-bit what rounding ``x.full_tensor()`` gives, stochastic rounding included, where every
+bit what rounding ``x.full_tensor()`` gives (NaN payloads aside: parts rounded by the eager
+kernels keep the input NaN, quieted, where compiled ones may set every payload bit),
+stochastic rounding included, where every
 rank drew the same seed (seed every rank identically, as for DDP); each element gets the
 noise of its place in the full tensor (:func:`qtorch.kernels.noise.uniform_at`), so the
 ranks' parts of the noise do not repeat each other.
