@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qtorch.auto_low.sharded import stored_param
 from qtorch.formats.base import Format
 from qtorch.kernels.compiled_call import dispatch_mode_active, transform_active
 from qtorch.quant.quantizer import Quantizer
@@ -86,11 +87,13 @@ class WeightQuantizer(nn.Module):
     whose rounding is not idempotent (NVFP4's and MXINT8's block scales, with a block
     maximum rounded up a binade) changed the weights at every forward pass.
 
+    Sharded parameters (FSDP2's, tensor-parallel DTensors): the stored shards are rounded,
+    once per change of their values, read from the values (:mod:`qtorch.auto_low.sharded`).
+
     Where versions are not the values' own, the parameters are rounded at every call:
     while ``torch.compile`` or ``torch.export`` traces the layer, under a dispatch mode,
-    for tensor subclasses (sharded parameters, say) and for ``torch.func``'s wrappers
-    (``functional_call`` under ``grad``). A layer called twice in one pass fails there as
-    it did everywhere.
+    for other tensor subclasses and for ``torch.func``'s wrappers (``functional_call``
+    under ``grad``). A layer called twice in one pass fails there as it did everywhere.
     """
 
     def __init__(self, number: Format, rounding: Rounding | str = "stochastic") -> None:
@@ -101,12 +104,21 @@ class WeightQuantizer(nn.Module):
         self.rounding = number.check_rounding(rounding)
         #: parameter name -> (id, version, data pointer) just after this module rounded it
         self._rounded: dict[str, tuple[int, int, int]] = {}
+        #: parameter name -> this process's shard as rounded, for sharded parameters
+        self._shards: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def forward(self, layer: nn.Module) -> None:
         traced = torch.compiler.is_compiling() or dispatch_mode_active()
         for name, param in layer.named_parameters(recurse=False):
             if not param.is_floating_point():
+                continue
+            stored = None if traced else stored_param(layer, name, param)
+            if stored is not None:
+                changed = stored.changed_since(self._shards.get(name))
+                if stored.any_process(changed, self.rounding):
+                    stored.round_(self.number, self.rounding)
+                    self._shards[name] = stored.snapshot()
                 continue
             seen = None if traced else _identity(param)
             if seen is not None and self._rounded.get(name) == seen:
