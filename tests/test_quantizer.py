@@ -261,6 +261,8 @@ def _compile_and_compare(backend: str) -> None:
         torch.nn.Linear(8, 2),
     )
     lower(model, ["activation"], FloatingPoint(4, 3), FloatingPoint(5, 2), "nearest", "nearest")
+    # weights rounded in place by a pre-hook, traced too (already on the grid: unchanged)
+    lower(model, ["linear"], weight_number=FixedPoint(8, 4), weight_rounding="nearest")
     # Dyadic inputs and weights of few bits: every sum is exact in float32, so a compiler
     # free to reorder the matmul reductions must still agree bitwise.
     with torch.no_grad():

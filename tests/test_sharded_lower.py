@@ -131,7 +131,7 @@ def _train(
     return outputs, full
 
 
-def _sharded(name: str, kind: str, fmt: Any, rounding: str, rank: int) -> Any:
+def _sharded(name: str, kind: str, fmt: Any, rounding: str, rank: int, compiled: bool) -> Any:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import init_device_mesh
     from torch.distributed.tensor.parallel import (
@@ -153,6 +153,8 @@ def _sharded(name: str, kind: str, fmt: Any, rounding: str, rank: int) -> Any:
         mesh = init_device_mesh("cpu", (WORLD,))
         parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
         _lower(model, fmt, rounding)
+    if compiled:  # the hooks traced too; the sharded rounding runs eagerly inside
+        model.compile(backend="aot_eager")
     torch.manual_seed(123)
     share = slice(4 * rank, 4 * rank + 4) if name.startswith("fsdp") else slice(None)
     world = WORLD if name.startswith("fsdp") else 1
@@ -170,12 +172,12 @@ def _sharded(name: str, kind: str, fmt: Any, rounding: str, rank: int) -> Any:
     return outputs, full, error
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, compiled: bool) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
     try:
-        results = {name: _sharded(name, *rest, rank) for name, *rest in CASES}
+        results = {name: _sharded(name, *rest, rank, compiled) for name, *rest in CASES}
         torch.save(results, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -188,8 +190,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_sharded_weights_round_as_one_process(tmp_path: Any) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_sharded_weights_round_as_one_process(tmp_path: Any, compiled: bool) -> None:
+    """Compiled (``model.compile()`` in every process, against the eager single process):
+    the hooks are traced, and the sharded rounding, all-reduces and bit comparisons, runs
+    eagerly inside (before, the copy alone was rounded, in the graph)."""
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path), compiled), nprocs=WORLD, join=True)
     ranks = [torch.load(f"{tmp_path}/rank{rank}.pt") for rank in range(WORLD)]
     for name, kind, fmt, rounding in CASES:
         model = _lower(_model(kind), fmt, rounding)

@@ -88,7 +88,8 @@ class WeightQuantizer(nn.Module):
     maximum rounded up a binade) changed the weights at every forward pass.
 
     Sharded parameters (FSDP2's, tensor-parallel DTensors): the stored shards are rounded,
-    once per change of their values, read from the values (:mod:`qtorch.auto_low.sharded`).
+    once per change of their values, read from the values (:mod:`qtorch.auto_low.sharded`);
+    that runs eagerly, also inside a compiled model.
 
     Where versions are not the values' own, the parameters are rounded at every call:
     while ``torch.compile`` or ``torch.export`` traces the layer, under a dispatch mode,
@@ -109,16 +110,14 @@ class WeightQuantizer(nn.Module):
 
     @torch.no_grad()
     def forward(self, layer: nn.Module) -> None:
-        traced = torch.compiler.is_compiling() or dispatch_mode_active()
+        compiling = torch.compiler.is_compiling()
+        modes = not compiling and dispatch_mode_active()  # (Dynamo cannot ask)
+        traced = compiling or modes
         for name, param in layer.named_parameters(recurse=False):
             if not param.is_floating_point():
                 continue
-            stored = None if traced else stored_param(layer, name, param)
-            if stored is not None:
-                changed = stored.changed_since(self._shards.get(name))
-                if stored.any_process(changed, self.rounding):
-                    stored.round_(self.number, self.rounding)
-                    self._shards[name] = stored.snapshot()
+            if not modes and stored_param(layer, name, param) is not None:
+                _round_sharded(self, layer, name)
                 continue
             seen = None if traced else _identity(param)
             if seen is not None and self._rounded.get(name) == seen:
@@ -129,6 +128,19 @@ class WeightQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"number={self.number!r}, rounding={self.rounding.value!r}"
+
+
+@torch.compiler.disable  # all-reduces and host-side decisions: eager, also when compiled
+def _round_sharded(quantizer: WeightQuantizer, layer: nn.Module, name: str) -> None:
+    """Round ``layer``'s sharded parameter ``name`` if it changed in any process since
+    ``quantizer`` last rounded it (:mod:`qtorch.auto_low.sharded`)."""
+    stored = stored_param(layer, name, layer.get_parameter(name))
+    if stored is None:  # pragma: no cover (the caller has just found it sharded)
+        return
+    changed = stored.changed_since(quantizer._shards.get(name))
+    if stored.any_process(changed, quantizer.rounding):
+        stored.round_(quantizer.number, quantizer.rounding)
+        quantizer._shards[name] = stored.snapshot()
 
 
 def _identity(param: torch.Tensor) -> tuple[int, int, int] | None:

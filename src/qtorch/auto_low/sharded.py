@@ -22,7 +22,9 @@ mesh makes every process decide alike, and checks that all of them are about to 
 the same stochastic-rounding seed (they must: each rounds the whole copy).
 
 FSDP2's parameter records are reached through its private state (``torch 2.13``); where
-they cannot be read, layers under FSDP2 are treated as plain ones.
+they cannot be read, layers under FSDP2 are treated as plain ones. Under ``torch.compile``
+this rounding runs eagerly (``torch.compiler.disable``: a graph break at each lowered layer
+with sharded parameters).
 """
 
 from __future__ import annotations
