@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qtorch.auto_low.sharded import stored_param
+from qtorch.auto_low.sharded import round_layer, stored_param
 from qtorch.formats.base import Format
 from qtorch.kernels.compiled_call import dispatch_mode_active, transform_active
 from qtorch.quant.quantizer import Quantizer
@@ -113,11 +113,12 @@ class WeightQuantizer(nn.Module):
         compiling = torch.compiler.is_compiling()
         modes = not compiling and dispatch_mode_active()  # (Dynamo cannot ask)
         traced = compiling or modes
-        for name, param in layer.named_parameters(recurse=False):
-            if not param.is_floating_point():
-                continue
-            if not modes and stored_param(layer, name, param) is not None:
-                _round_sharded(self, layer, name)
+        params = [(n, p) for n, p in layer.named_parameters(recurse=False) if p.is_floating_point()]
+        sharded = [n for n, p in params if not modes and stored_param(layer, n, p) is not None]
+        if sharded:
+            _round_sharded(self, layer, sharded)
+        for name, param in params:
+            if name in sharded:
                 continue
             seen = None if traced else _identity(param)
             if seen is not None and self._rounded.get(name) == seen:
@@ -131,16 +132,10 @@ class WeightQuantizer(nn.Module):
 
 
 @torch.compiler.disable  # all-reduces and host-side decisions: eager, also when compiled
-def _round_sharded(quantizer: WeightQuantizer, layer: nn.Module, name: str) -> None:
-    """Round ``layer``'s sharded parameter ``name`` if it changed in any process since
-    ``quantizer`` last rounded it (:mod:`qtorch.auto_low.sharded`)."""
-    stored = stored_param(layer, name, layer.get_parameter(name))
-    if stored is None:  # pragma: no cover (the caller has just found it sharded)
-        return
-    changed = stored.changed_since(quantizer._shards.get(name))
-    if stored.any_process(changed, quantizer.rounding):
-        stored.round_(quantizer.number, quantizer.rounding)
-        quantizer._shards[name] = stored.snapshot()
+def _round_sharded(quantizer: WeightQuantizer, layer: nn.Module, names: list[str]) -> None:
+    """Round ``layer``'s sharded parameters ``names`` that changed in any process since
+    ``quantizer`` last rounded them (:mod:`qtorch.auto_low.sharded`)."""
+    round_layer(layer, names, quantizer.number, quantizer.rounding, quantizer._shards)
 
 
 def _identity(param: torch.Tensor) -> tuple[int, int, int] | None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import sys
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -43,7 +43,7 @@ from qtorch.kernels.noise import draw_seed
 from qtorch.quantize import quantize_
 from qtorch.rounding import Rounding
 
-__all__ = ["Stored", "stored_param"]
+__all__ = ["Stored", "round_layer", "stored_param"]
 
 _INT_OF = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
 
@@ -67,28 +67,6 @@ class Stored:
     def snapshot(self) -> torch.Tensor:
         """A copy of this process's shard, contiguous."""
         return self.param.to_local().detach().clone(memory_format=torch.contiguous_format)
-
-    def any_process(self, changed: bool, rounding: Rounding) -> bool:
-        """Whether ``changed`` holds in any process of the mesh. Stochastic rounding:
-        raises ``RuntimeError`` if the processes are not all about to draw the same seed."""
-        mesh = self.param.device_mesh
-        seed = 0
-        if rounding is Rounding.STOCHASTIC:
-            seed = _next_seed(self.copy if self.copy is not None else self.param.to_local())
-        flags = torch.tensor([int(changed), seed], dtype=torch.int64, device=mesh.device_type)
-        high, low = flags.clone(), flags.clone()
-        for group in mesh.get_all_groups():
-            dist.all_reduce(high, op=dist.ReduceOp.MAX, group=group)
-            dist.all_reduce(low, op=dist.ReduceOp.MIN, group=group)
-        if not bool(high[0]):
-            return False
-        if bool(high[1] != low[1]):
-            raise RuntimeError(
-                "lower: the processes would round this sharded weight with different "
-                "stochastic-rounding seeds; seed torch's RNG alike in every process "
-                "(torch.manual_seed) so they draw the same noise"
-            )
-        return True
 
     def round_(self, fmt: Format, rounding: Rounding) -> None:
         """Round the stored parameter in place (and the copy, when there is one)."""
@@ -126,6 +104,65 @@ class Stored:
                     f"placements give {tuple(part.shape)}"
                 )
             local.copy_(part)
+
+
+def round_layer(
+    layer: torch.nn.Module,
+    names: list[str],
+    fmt: Format,
+    rounding: Rounding,
+    shards: dict[str, torch.Tensor],
+) -> None:
+    """Round ``layer``'s sharded parameters ``names`` that changed in any process since
+    ``shards`` (name -> this process's shard as last rounded, updated here) was taken.
+
+    One all-reduce per mesh (of the changed flags and the next seed's halves) makes every
+    process decide alike. Stochastic rounding: raises ``RuntimeError`` when the processes
+    are not all about to draw the same seed (their RNGs differ: their roundings would).
+    """
+    stored = {name: stored_param(layer, name, layer.get_parameter(name)) for name in names}
+    by_mesh: dict[int, list[str]] = {}
+    for name, entry in stored.items():
+        if entry is not None:
+            by_mesh.setdefault(id(entry.param.device_mesh), []).append(name)
+    for group in by_mesh.values():
+        entries = [cast(Stored, stored[name]) for name in group]
+        changed = [
+            entry.changed_since(shards.get(name))
+            for name, entry in zip(group, entries, strict=True)
+        ]
+        for name, entry, again in zip(
+            group, entries, _any_process(entries, changed, rounding), strict=True
+        ):
+            if again:
+                entry.round_(fmt, rounding)
+                shards[name] = entry.snapshot()
+
+
+def _any_process(entries: list[Stored], changed: list[bool], rounding: Rounding) -> list[bool]:
+    """Per entry, whether it changed in any process of their (common) mesh."""
+    first = entries[0]
+    mesh = first.param.device_mesh
+    flags = [int(c) for c in changed]
+    if rounding is Rounding.STOCHASTIC:
+        seed = _next_seed(first.copy if first.copy is not None else first.param.to_local())
+        halves = [seed >> 32, seed & 0xFFFFFFFF]  # negated without overflow, for the minimum
+        flags += halves + [-h for h in halves]
+    flags_t = torch.tensor(flags, dtype=torch.int64, device=mesh.device_type)
+    for process_group in mesh.get_all_groups():
+        dist.all_reduce(flags_t, op=dist.ReduceOp.MAX, group=process_group)
+    result = flags_t.tolist()
+    count = len(changed)
+    again = [bool(f) for f in result[:count]]
+    if rounding is Rounding.STOCHASTIC and any(again):
+        high, low = result[count : count + 2], [-v for v in result[count + 2 :]]
+        if high != low:  # the maximum of each half is not also its minimum
+            raise RuntimeError(
+                "lower: the processes would round this sharded weight with different "
+                "stochastic-rounding seeds; seed torch's RNG alike in every process "
+                "(torch.manual_seed) so they draw the same noise"
+            )
+    return again
 
 
 def stored_param(layer: torch.nn.Module, name: str, param: torch.Tensor) -> Stored | None:
