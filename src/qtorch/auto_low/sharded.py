@@ -59,7 +59,11 @@ class Stored:
     def changed_since(self, snapshot: torch.Tensor | None) -> bool:
         """Whether this process's shard differs, bit for bit, from ``snapshot``."""
         local = self.param.to_local()
-        if snapshot is None or snapshot.shape != local.shape or snapshot.dtype != local.dtype:
+        if snapshot is None:
+            return True
+        if snapshot.shape != local.shape or snapshot.dtype != local.dtype:
+            return True
+        if snapshot.device != local.device:  # (moved: torch.equal refuses two devices)
             return True
         bits = _INT_OF[local.element_size()]
         return not torch.equal(local.contiguous().view(bits), snapshot.view(bits))
