@@ -224,3 +224,47 @@ def test_sharded_weights_round_as_one_process(tmp_path: Any, compiled: bool) -> 
             else:  # on the grid, and within one step of it
                 assert bits_equal(rounded, qtorch.quantize(rounded, fmt)), (name, key)
                 assert bool(((rounded - value).abs() < 2**-4).all()), (name, key)
+
+
+def _worker_2d(rank: int, port: int, out: str) -> None:
+    """FSDP2 over tensor-parallel shards: a (data, tensor) mesh of 2 × 2 processes."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import init_device_mesh
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=4, timeout=timedelta(seconds=120))
+    try:
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+        model = _model("mlp")
+        parallelize_module(model, mesh["tp"], {"0": ColwiseParallel(), "2": RowwiseParallel()})
+        fully_shard(model, mesh=mesh["dp"])
+        _lower(model, FIX, "stochastic")
+        torch.manual_seed(123)
+        dp = mesh["dp"].get_local_rank()
+        torch.save(_train(model, "mlp", slice(4 * dp, 4 * dp + 4), 2), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)
+
+
+@pytest.mark.slow
+def test_fsdp_over_tensor_parallel_shards_rounds_as_one_process(tmp_path: Any) -> None:
+    """FSDP2's copy is then itself a DTensor: the copy and the shard are rounded with one
+    seed (each is its full tensor's rounding), so they agree."""
+    mp.spawn(_worker_2d, args=(_free_port(), str(tmp_path)), nprocs=4, join=True)
+    model = _lower(_model("mlp"), FIX, "stochastic")
+    torch.manual_seed(123)
+    outputs, full = _train(model, "mlp", slice(None), 1)
+    for rank in range(4):
+        got_outputs, got_full = torch.load(f"{tmp_path}/rank{rank}.pt")
+        dp = rank // 2  # mesh (dp, tp) in row-major rank order
+        for got, want in zip(got_outputs, outputs, strict=True):
+            assert bits_equal(got, want[4 * dp : 4 * dp + 4]), rank
+        for key, value in full.items():
+            assert bits_equal(got_full[key], value), (rank, key)
