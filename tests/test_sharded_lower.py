@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from edge_cases import bits_equal
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import qtorch
 from qtorch import NVFP4, FixedPoint
@@ -43,7 +44,7 @@ FP4 = NVFP4(block_size=8)
 # (name, model, weight format, weight rounding)
 CASES = [
     ("fsdp_layers", "tied", FIX, "stochastic"),
-    ("fsdp_root", "tied", FIX, "nearest"),
+    ("fsdp_root", "tied", FIX, "nearest"),  # trained under FlopCounterMode
     ("tp", "mlp", FIX, "stochastic"),
     ("tp_nvfp4", "mlp", FP4, "nearest"),
 ]
@@ -158,7 +159,12 @@ def _sharded(name: str, kind: str, fmt: Any, rounding: str, rank: int, compiled:
     torch.manual_seed(123)
     share = slice(4 * rank, 4 * rank + 4) if name.startswith("fsdp") else slice(None)
     world = WORLD if name.startswith("fsdp") else 1
-    outputs, full = _train(model, kind, share, world)
+    if name == "fsdp_root":  # under a dispatch mode of real tensors, as when counting FLOPs
+        with FlopCounterMode(display=False) as counter:
+            outputs, full = _train(model, kind, share, world)
+        assert counter.get_total_flops() > 0
+    else:
+        outputs, full = _train(model, kind, share, world)
     if name != "fsdp_layers":
         return outputs, full, None
     torch.manual_seed(rank)  # processes about to draw different seeds: refused

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qtorch.auto_low.sharded import round_layer, stored_param
+from qtorch.auto_low.sharded import round_layer, stored_param, tracing_mode_active
 from qtorch.formats.base import Format
 from qtorch.kernels.compiled_call import dispatch_mode_active, transform_active
 from qtorch.quant.quantizer import Quantizer
@@ -113,8 +113,9 @@ class WeightQuantizer(nn.Module):
         compiling = torch.compiler.is_compiling()
         modes = not compiling and dispatch_mode_active()  # (Dynamo cannot ask)
         traced = compiling or modes
+        real = not (modes and tracing_mode_active())  # FlopCounterMode: real; fake: not
         params = [(n, p) for n, p in layer.named_parameters(recurse=False) if p.is_floating_point()]
-        sharded = [n for n, p in params if not modes and stored_param(layer, n, p) is not None]
+        sharded = [n for n, p in params if real and stored_param(layer, n, p) is not None]
         if sharded:
             _round_sharded(self, layer, sharded)
         for name, param in params:

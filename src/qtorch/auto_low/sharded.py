@@ -22,7 +22,8 @@ mesh makes every process decide alike, and checks that all of them are about to 
 the same stochastic-rounding seed (they must: each rounds the whole copy).
 
 FSDP2's parameter records are reached through its private state (``torch 2.13``); where
-they cannot be read, layers under FSDP2 are treated as plain ones. Under ``torch.compile``
+they cannot be read, layers under FSDP2 are treated as plain ones, as they are under torch's
+tracing dispatch modes (fake, proxy, functional tensors). Under ``torch.compile``
 this rounding runs eagerly (``torch.compiler.disable``: a graph break at each lowered layer
 with sharded parameters).
 """
@@ -43,7 +44,7 @@ from qtorch.kernels.noise import draw_seed
 from qtorch.quantize import quantize_
 from qtorch.rounding import Rounding
 
-__all__ = ["Stored", "round_layer", "stored_param"]
+__all__ = ["Stored", "round_layer", "stored_param", "tracing_mode_active"]
 
 _INT_OF = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
 
@@ -179,6 +180,18 @@ def stored_param(layer: torch.nn.Module, name: str, param: torch.Tensor) -> Stor
     if is_dtensor(param):
         return Stored(param, None)
     return None
+
+
+def tracing_mode_active() -> bool:
+    """Whether torch's tracing dispatch modes are on (fake, proxy or functional tensors:
+    ``torch.export``, ``make_fx``), where there are no values to compare or all-reduce.
+    Other dispatch modes (``FlopCounterMode``, say) see real tensors."""
+    try:
+        keys = torch._C._TorchDispatchModeKey
+        modes = (keys.FAKE, keys.PROXY, keys.FUNCTIONAL)
+        return any(torch._C._get_dispatch_mode(key) is not None for key in modes)
+    except AttributeError:  # another torch: count every mode as tracing
+        return True
 
 
 def _fsdp_record(layer: torch.nn.Module, name: str) -> Any | None:
