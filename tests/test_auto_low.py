@@ -227,6 +227,42 @@ def test_weights_are_rounded_again_only_when_they_changed() -> None:
     check(state, w - 0.25)
 
 
+def test_a_deepcopy_is_not_rounded_again() -> None:
+    """A deepcopy of a lowered model whose weights were rounded and not changed since
+    computes what the original computes. Before, the copy's parameters were new tensors, so
+    its first pass rounded them again: NVFP4's non-idempotent block changed, and stochastic
+    rounding drew from torch's RNG. The copy's own updates are still seen."""
+    fmt = NVFP4(block_size=8)
+    model = lower(nn.Linear(8, 8), ["linear"], weight_number=fmt, weight_rounding="nearest")
+    w = torch.randn(8, 8, generator=torch.Generator().manual_seed(4))
+    w[2] = torch.tensor([0.0073, -0.0019, -0.0046, -0.0057, -0.0182, 0.0039, -0.0022, 0.0056])
+    once = qtorch.quantize(w, fmt)
+    assert not bits_equal(qtorch.quantize(once, fmt), once)  # the input shows the difference
+    with torch.no_grad():
+        model.weight.copy_(w)
+    x = torch.randn(3, 8)
+    want = model(x)
+    clone = copy.deepcopy(model)
+    assert bits_equal(clone(x), want)
+    assert bits_equal(clone.weight.detach(), once)
+    with torch.no_grad():
+        clone.weight.mul_(1.5)
+    clone(x)
+    assert bits_equal(clone.weight.detach(), qtorch.quantize(once * 1.5, fmt))
+    assert bits_equal(model.weight.detach(), once)
+
+    noisy = lower(nn.Linear(8, 8), ["linear"], weight_number=FIX, weight_rounding="stochastic")
+    noisy(x)
+    clone = copy.deepcopy(noisy)
+    rng = torch.get_rng_state()
+    assert bits_equal(clone(x), noisy(x))
+    assert torch.equal(torch.get_rng_state(), rng)  # no rounding: no draws
+    with torch.no_grad():
+        clone.bias.add_(0.01)
+    clone(x)
+    assert not torch.equal(torch.get_rng_state(), rng)
+
+
 def test_torch_func_grad_once_the_weights_are_rounded() -> None:
     """``torch.func.grad`` refuses in-place writes to the weights it captures; weights
     rounded by an earlier call are not written again, so it gives autograd's gradient

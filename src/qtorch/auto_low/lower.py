@@ -12,6 +12,7 @@ Hooks and children are ordinary module state, so lowered models survive
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -87,6 +88,11 @@ class WeightQuantizer(nn.Module):
     whose rounding is not idempotent (NVFP4's and MXINT8's block scales, with a block
     maximum rounded up a binade) changed the weights at every forward pass.
 
+    ``copy.deepcopy`` of a lowered model carries this over to the copies of parameters
+    rounded and unchanged since, so a copy draws and computes what the original would.
+    Pickling does not: an unpickled model rounds its weights once more (the same values,
+    but for those non-idempotent blocks; stochastic rounding draws from torch's RNG).
+
     Sharded parameters (FSDP2's, tensor-parallel DTensors): the stored shards are rounded,
     once per change of their values, read from the values (:mod:`qtorch.auto_low.sharded`);
     that runs eagerly, also inside a compiled model.
@@ -103,8 +109,8 @@ class WeightQuantizer(nn.Module):
             raise TypeError(f"lower: weight_number must be a qtorch format, got {number!r}")
         self.number = number
         self.rounding = number.check_rounding(rounding)
-        #: parameter name -> (id, version, data pointer) just after this module rounded it
-        self._rounded: dict[str, tuple[int, int, int]] = {}
+        #: parameter name -> the parameter as this module last rounded it
+        self._rounded: dict[str, _Rounded | None] = {}
         #: parameter name -> this process's shard as rounded, for sharded parameters
         self._shards: dict[str, torch.Tensor] = {}
 
@@ -121,12 +127,12 @@ class WeightQuantizer(nn.Module):
         for name, param in params:
             if name in sharded:
                 continue
-            seen = None if traced else _identity(param)
-            if seen is not None and self._rounded.get(name) == seen:
+            tracked = not traced and _versioned(param)
+            if tracked and (last := self._rounded.get(name)) is not None and last.holds(param):
                 continue
             quantize_(param, self.number, self.rounding)
-            if seen is not None:
-                self._rounded[name] = (id(param), param._version, param.data_ptr())
+            if tracked:
+                self._rounded[name] = _Rounded(param)
 
     def extra_repr(self) -> str:
         return f"number={self.number!r}, rounding={self.rounding.value!r}"
@@ -139,14 +145,44 @@ def _round_sharded(quantizer: WeightQuantizer, layer: nn.Module, names: list[str
     round_layer(layer, names, quantizer.number, quantizer.rounding, quantizer._shards)
 
 
-def _identity(param: torch.Tensor) -> tuple[int, int, int] | None:
-    """What changes when param's values may have: the tensor, its version, its storage
-    (None for tensor subclasses and ``torch.func``'s wrappers, which have no storage)."""
+def _versioned(param: torch.Tensor) -> bool:
+    """Whether param's version and storage tell when its values may have changed (not for
+    tensor subclasses and ``torch.func``'s wrappers, which have no storage)."""
     if type(param) is not nn.Parameter and type(param) is not torch.Tensor:
-        return None
-    if transform_active() and _functorch_wrapped(param):
-        return None
-    return id(param), param._version, param.data_ptr()
+        return False
+    return not (transform_active() and _functorch_wrapped(param))
+
+
+class _Rounded:
+    """A parameter just after it was rounded: the tensor (weakly), its version, its storage.
+    Values change with one of the three."""
+
+    __slots__ = ("ptr", "ref", "version")
+
+    def __init__(self, param: torch.Tensor) -> None:
+        self.ref = weakref.ref(param)
+        self.version = param._version
+        self.ptr = param.data_ptr()
+
+    def holds(self, param: torch.Tensor) -> bool:
+        same = self.ref() is param and param._version == self.version
+        return same and param.data_ptr() == self.ptr
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Rounded | None:
+        """The copy of the parameter, if this deepcopy copied it (``nn.Module`` copies a
+        layer's parameters before its children) while it was still as rounded."""
+        param = self.ref()
+        if param is None or not self.holds(param):
+            return None
+        clone = memo.get(id(param))
+        return _Rounded(clone) if isinstance(clone, torch.Tensor) else None
+
+    def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
+        return _nothing, ()  # an unpickled parameter is new: rounded at the next call
+
+
+def _nothing() -> None:
+    return None
 
 
 try:
