@@ -6,6 +6,7 @@ import copy
 import io
 import pickle
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -261,6 +262,42 @@ def test_a_deepcopy_is_not_rounded_again() -> None:
         clone.bias.add_(0.01)
     clone(x)
     assert not torch.equal(torch.get_rng_state(), rng)
+
+
+class Float8Casts(torch.autograd.Function):
+    """torch's casts: to float8_e4m3fn forward, to float8_e5m2 backward (a plain ``.to`` chain
+    would also cast the gradient to float8_e4m3fn on its way back)."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        return t.to(torch.float8_e4m3fn).to(t.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        return g.to(torch.float8_e5m2).to(g.dtype)
+
+
+def test_autocast_outputs_and_gradients_are_torch_casts() -> None:
+    """Under CPU autocast (bfloat16) lowered layers round the bfloat16 outputs and gradients
+    they get, in that dtype: torch's float8 casts applied to the plain model's, bit for bit;
+    the parameters' gradients stay float32."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    model = copy.deepcopy(plain)
+    fp8, bf8 = qtorch.float8_e4m3fn, qtorch.float8_e5m2
+    lower(model, ["linear", "activation"], fp8, bf8, "nearest", "nearest")
+    for layer in plain:
+        layer.register_forward_hook(lambda module, args, out: Float8Casts.apply(out))
+    x = torch.randn(64, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = model(x), plain(x)
+    assert got.dtype == torch.bfloat16 and bits_equal(got, want)
+    grad = torch.randn(64, 4)
+    got.float().backward(grad)
+    want.float().backward(grad)
+    for a, b in zip(model.parameters(), plain.parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None
+        assert a.grad.dtype == torch.float32 and bits_equal(a.grad, b.grad)
 
 
 def test_torch_func_grad_once_the_weights_are_rounded() -> None:
