@@ -339,3 +339,47 @@ def test_state_dict_round_trip_without_accumulators() -> None:
     opt2.load_state_dict(sd)
     for p in model.parameters():
         assert bits_equal(opt2.state[p]["momentum_buffer"], opt.state[p]["momentum_buffer"])
+
+
+def test_amp_grad_scaler_steps_unscaled_gradients_and_skips_overflow() -> None:
+    """``torch.amp.GradScaler`` drives OptimLP as any optimizer: the gradients are unscaled
+    before ``grad_quant`` (the same bits as unscaling and quantizing by hand), and a step
+    with an infinite gradient is skipped whole (no weight, state or accumulator change)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    by_hand = copy.deepcopy(model)
+    quants = {"weight_quant": grid(2.0**-6), "grad_quant": grid(2.0**-9)}
+    opt = OptimLP(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), **quants)
+    ref = torch.optim.SGD(by_hand.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for _ in range(3):
+        x = torch.randn(32, 8)
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = model(x).float().square().mean()
+            loss_by_hand = by_hand(x).float().square().mean()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+        (loss_by_hand * 2.0**10).backward()
+        with torch.no_grad():
+            for p in by_hand.parameters():
+                assert p.grad is not None
+                p.grad.copy_(quants["grad_quant"](p.grad * 2.0**-10))
+            ref.step()
+            for p in by_hand.parameters():
+                p.copy_(quants["weight_quant"](p))
+        ref.zero_grad()
+        for a, b in zip(model.parameters(), by_hand.parameters(), strict=True):
+            assert bits_equal(a.detach(), b.detach())
+    before = [p.detach().clone() for p in model.parameters()]
+    momenta = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    scaler.scale(model(torch.randn(4, 8)).sum()).backward()
+    first = next(iter(model.parameters()))
+    assert first.grad is not None
+    first.grad[0, 0] = float("inf")
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() == 2.0**9
+    for p, w, m in zip(model.parameters(), before, momenta, strict=True):
+        assert bits_equal(p.detach(), w) and bits_equal(opt.state[p]["momentum_buffer"], m)
