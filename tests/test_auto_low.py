@@ -231,8 +231,8 @@ def test_weights_are_rounded_again_only_when_they_changed() -> None:
 def test_a_deepcopy_is_not_rounded_again() -> None:
     """A deepcopy of a lowered model whose weights were rounded and not changed since
     computes what the original computes. Before, the copy's parameters were new tensors, so
-    its first pass rounded them again: NVFP4's non-idempotent block changed, and stochastic
-    rounding drew from torch's RNG. The copy's own updates are still seen."""
+    its first pass rounded them again: NVFP4's non-idempotent block changed. The copy's own
+    updates are still seen."""
     fmt = NVFP4(block_size=8)
     model = lower(nn.Linear(8, 8), ["linear"], weight_number=fmt, weight_rounding="nearest")
     w = torch.randn(8, 8, generator=torch.Generator().manual_seed(4))
@@ -252,16 +252,45 @@ def test_a_deepcopy_is_not_rounded_again() -> None:
     assert bits_equal(clone.weight.detach(), qtorch.quantize(once * 1.5, fmt))
     assert bits_equal(model.weight.detach(), once)
 
-    noisy = lower(nn.Linear(8, 8), ["linear"], weight_number=FIX, weight_rounding="stochastic")
-    noisy(x)
-    clone = copy.deepcopy(noisy)
-    rng = torch.get_rng_state()
-    assert bits_equal(clone(x), noisy(x))
-    assert torch.equal(torch.get_rng_state(), rng)  # no rounding: no draws
-    with torch.no_grad():
-        clone.bias.add_(0.01)
-    clone(x)
-    assert not torch.equal(torch.get_rng_state(), rng)
+
+def test_activation_checkpointing_recomputes_the_forward_noise() -> None:
+    """``torch.utils.checkpoint`` restores torch's RNG and runs the layers again in backward,
+    where their weights are already rounded. Stochastic weight rounding skipped there drew
+    no seed, so the recomputed activations had other noise than the forward pass's and the
+    gradients differed from those without checkpointing; a skipped rounding now draws
+    the seed it would have drawn."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+            self.head = nn.Linear(32, 4)
+            self.reentrant: bool | None = None  # None: no checkpointing
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.reentrant is None:
+                return self.head(self.body(x))
+            return self.head(checkpoint(self.body, x, use_reentrant=self.reentrant))
+
+    torch.manual_seed(0)
+    model = Net()
+    lower(model, ["linear", "activation"], FIX, FIX, weight_number=FIX)  # all stochastic
+    x = torch.randn(64, 16, requires_grad=True)
+    grads = []
+    for reentrant in (None, False, True):
+        run = copy.deepcopy(model)
+        run.reentrant = reentrant
+        torch.manual_seed(1)
+        for _ in range(2):  # the second step's weights were changed by the first
+            run(x).square().mean().backward()
+            with torch.no_grad():
+                for p in run.parameters():
+                    assert p.grad is not None
+                    p.sub_(p.grad)
+        grads.append([p.grad for p in run.parameters()])
+    for checkpointed in grads[1:]:
+        assert all(bits_equal(a, b) for a, b in zip(grads[0], checkpointed, strict=True))
 
 
 class Float8Casts(torch.autograd.Function):

@@ -22,6 +22,7 @@ from torch import nn
 from qtorch.auto_low.sharded import round_layer, stored_param, tracing_mode_active
 from qtorch.formats.base import Format
 from qtorch.kernels.compiled_call import dispatch_mode_active, transform_active
+from qtorch.kernels.noise import draw_seed
 from qtorch.quant.quantizer import Quantizer
 from qtorch.quantize import quantize_
 from qtorch.rounding import Rounding
@@ -88,10 +89,17 @@ class WeightQuantizer(nn.Module):
     whose rounding is not idempotent (NVFP4's and MXINT8's block scales, with a block
     maximum rounded up a binade) changed the weights at every forward pass.
 
+    A parameter left as it is still draws the seed its stochastic rounding would have
+    drawn, so a pass draws from torch's RNG what it would if every weight were rounded:
+    activation checkpointing (``torch.utils.checkpoint``) restores the RNG and runs the
+    layer again in backward, where the weights are already rounded; its recomputed
+    activations had the noise of seeds shifted by the skipped draws, not the forward
+    pass's, and the gradients differed from those without checkpointing.
+
     ``copy.deepcopy`` of a lowered model carries this over to the copies of parameters
     rounded and unchanged since, so a copy draws and computes what the original would.
     Pickling does not: an unpickled model rounds its weights once more (the same values,
-    but for those non-idempotent blocks; stochastic rounding draws from torch's RNG).
+    but for those non-idempotent blocks).
 
     Sharded parameters (FSDP2's, tensor-parallel DTensors): the stored shards are rounded,
     once per change of their values, read from the values (:mod:`qtorch.auto_low.sharded`);
@@ -129,6 +137,8 @@ class WeightQuantizer(nn.Module):
                 continue
             tracked = not traced and _versioned(param)
             if tracked and (last := self._rounded.get(name)) is not None and last.holds(param):
+                if self.rounding is Rounding.STOCHASTIC:
+                    draw_seed(None, param.device)  # what rounding it would draw (see above)
                 continue
             quantize_(param, self.number, self.rounding)
             if tracked:

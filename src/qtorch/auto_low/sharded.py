@@ -142,6 +142,8 @@ def round_layer(
             if again:
                 entry.round_(fmt, rounding)
                 shards[name] = entry.snapshot()
+            elif rounding is Rounding.STOCHASTIC:  # what rounding would draw (WeightQuantizer)
+                draw_seed(None, (entry.param if entry.copy is None else entry.copy).device)
 
 
 def _any_process(entries: list[Stored], changed: list[bool], rounding: Rounding) -> list[bool]:
