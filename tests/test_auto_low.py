@@ -81,6 +81,7 @@ def test_every_layer_type_name_is_supported() -> None:
         "normalization",
         "dropout",
         "loss",
+        "attention",  # QPyTorch's eight, then this one
     ]
     layers = [nn.Conv1d(1, 2, 3), nn.MaxPool1d(2), nn.ZeroPad1d(1), nn.Tanh()]
     layers += [nn.BatchNorm1d(2), nn.Dropout(0.0), nn.Flatten(), nn.Linear(12, 2)]
@@ -327,6 +328,107 @@ def test_autocast_outputs_and_gradients_are_torch_casts() -> None:
     for a, b in zip(model.parameters(), plain.parameters(), strict=True):
         assert a.grad is not None and b.grad is not None
         assert a.grad.dtype == torch.float32 and bits_equal(a.grad, b.grad)
+
+
+def fix(t: torch.Tensor, wl: int = 8, fl: int = 4) -> torch.Tensor:
+    """FixedPoint(wl, fl) nearest by hand: ties to even (torch.round), saturating."""
+    top = 2 ** (wl - 1)
+    return torch.clamp(torch.round(t * 2.0**fl), -top, top - 1) / 2.0**fl
+
+
+class FixGrad(torch.autograd.Function):
+    """fix() forward, FixedPoint(12, 8) by hand backward."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        return fix(t)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        return fix(g, 12, 8)
+
+
+def test_multihead_attention_out_proj_and_attention() -> None:
+    """``nn.MultiheadAttention`` computes its output projection from ``out_proj``'s weights
+    without calling ``out_proj``: lowering "linear" left those weights unrounded and that
+    output unquantized, silently. The attention module's hooks now run ``out_proj``'s
+    lowering; "attention" lowers its own outputs and parameters (the q/k/v projections)."""
+    torch.manual_seed(0)
+    plain = nn.MultiheadAttention(16, 2, batch_first=True)
+    with torch.no_grad():
+        plain.in_proj_bias.uniform_(-1, 1)
+        plain.out_proj.bias.uniform_(-1, 1)
+    x = torch.randn(2, 5, 16)
+
+    def by_hand(names: list[str], fl: int = 4) -> nn.MultiheadAttention:
+        ref = copy.deepcopy(plain)
+        with torch.no_grad():
+            for name in names:
+                ref.get_parameter(name).copy_(fix(ref.get_parameter(name), fl=fl))
+        return ref
+
+    out_proj = ["out_proj.weight", "out_proj.bias"]
+    model = lower(
+        copy.deepcopy(plain),
+        ["linear"],
+        FIX,
+        FixedPoint(12, 8),
+        "nearest",
+        "nearest",
+        weight_number=FIX,
+        weight_rounding="nearest",
+    )
+    ref = by_hand(out_proj)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got, weights = model(xa, xa, xa)
+    raw, want_weights = ref(xb, xb, xb)
+    want = FixGrad.apply(raw)
+    assert bits_equal(got, want) and bits_equal(weights, want_weights)
+    assert bits_equal(model.out_proj.weight, ref.out_proj.weight)
+    assert bits_equal(model.in_proj_weight, plain.in_proj_weight)  # not a Linear's
+    grad = torch.randn_like(got)
+    got.backward(grad)
+    want.backward(grad)
+    assert xa.grad is not None and xb.grad is not None and bits_equal(xa.grad, xb.grad)
+
+    both = {
+        "linear": {},
+        "attention": {"forward_number": FixedPoint(8, 2), "weight_number": FixedPoint(8, 2)},
+    }
+    model = lower(
+        copy.deepcopy(plain),
+        both,
+        FIX,
+        None,
+        "nearest",
+        weight_number=FIX,
+        weight_rounding="nearest",
+    )
+    ref = by_hand(["in_proj_weight", "in_proj_bias"], fl=2)
+    with torch.no_grad():
+        for name in out_proj:
+            ref.get_parameter(name).copy_(fix(ref.get_parameter(name)))
+        got, weights = model(x, x, x)
+        raw, raw_weights = ref(x, x, x)
+    assert not bits_equal(fix(fix(raw), fl=2), fix(raw, fl=2))  # the order shows
+    assert bits_equal(got, fix(fix(raw), fl=2)) and bits_equal(weights, fix(raw_weights, fl=2))
+    for name, param in model.named_parameters():
+        assert bits_equal(param, ref.get_parameter(name)), name
+
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    lower(
+        layer,
+        ["linear", "attention", "normalization"],
+        FIX,
+        None,
+        "nearest",
+        weight_number=FIX,
+        weight_rounding="nearest",
+    )
+    out = layer(x)
+    assert on_fixed_grid(out.detach())
+    for name, param in layer.named_parameters():
+        assert on_fixed_grid(param.detach()), name
 
 
 def test_torch_func_grad_once_the_weights_are_rounded() -> None:

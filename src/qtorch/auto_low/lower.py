@@ -68,6 +68,9 @@ LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
         "SmoothL1Loss SoftMarginLoss MultiLabelSoftMarginLoss CosineEmbeddingLoss "
         "MultiMarginLoss TripletMarginLoss CTCLoss"
     ),
+    # not QPyTorch's: the attention module's outputs and own parameters (the q/k/v input
+    # projections; out_proj's too, unless that is lowered with a weight format of its own)
+    "attention": _classes("MultiheadAttention"),
 }
 
 OUTPUT_NAME = "qtorch_output"
@@ -117,10 +120,11 @@ class WeightQuantizer(nn.Module):
             raise TypeError(f"lower: weight_number must be a qtorch format, got {number!r}")
         self.number = number
         self.rounding = number.check_rounding(rounding)
-        #: parameter name -> the parameter as this module last rounded it
+        #: parameter name (dotted from the layer) -> the parameter as last rounded
         self._rounded: dict[str, _Rounded | None] = {}
-        #: parameter name -> this process's shard as rounded, for sharded parameters
-        self._shards: dict[str, torch.Tensor] = {}
+        #: owner's prefix -> parameter name -> this process's shard as rounded, for
+        #: sharded parameters
+        self._shards: dict[str, dict[str, torch.Tensor]] = {}
 
     @torch.no_grad()
     def forward(self, layer: nn.Module) -> None:
@@ -128,31 +132,48 @@ class WeightQuantizer(nn.Module):
         modes = not compiling and dispatch_mode_active()  # (Dynamo cannot ask)
         traced = compiling or modes
         real = not (modes and tracing_mode_active())  # FlopCounterMode: real; fake: not
-        params = [(n, p) for n, p in layer.named_parameters(recurse=False) if p.is_floating_point()]
-        sharded = [n for n, p in params if real and stored_param(layer, n, p) is not None]
+        for prefix, owner in _weight_owners(layer):
+            self._round_owned(owner, prefix, traced, real)
+
+    def _round_owned(self, owner: nn.Module, prefix: str, traced: bool, real: bool) -> None:
+        params = [(n, p) for n, p in owner.named_parameters(recurse=False) if p.is_floating_point()]
+        sharded = [n for n, p in params if real and stored_param(owner, n, p) is not None]
         if sharded:
-            _round_sharded(self, layer, sharded)
+            _round_sharded(self, owner, sharded, self._shards.setdefault(prefix, {}))
         for name, param in params:
             if name in sharded:
                 continue
             tracked = not traced and _versioned(param)
-            if tracked and (last := self._rounded.get(name)) is not None and last.holds(param):
+            last = self._rounded.get(prefix + name) if tracked else None
+            if last is not None and last.holds(param):
                 if self.rounding is Rounding.STOCHASTIC:
                     draw_seed(None, param.device)  # what rounding it would draw (see above)
                 continue
             quantize_(param, self.number, self.rounding)
             if tracked:
-                self._rounded[name] = _Rounded(param)
+                self._rounded[prefix + name] = _Rounded(param)
 
     def extra_repr(self) -> str:
         return f"number={self.number!r}, rounding={self.rounding.value!r}"
 
 
 @torch.compiler.disable  # all-reduces and host-side decisions: eager, also when compiled
-def _round_sharded(quantizer: WeightQuantizer, layer: nn.Module, names: list[str]) -> None:
-    """Round ``layer``'s sharded parameters ``names`` that changed in any process since
+def _round_sharded(
+    quantizer: WeightQuantizer, owner: nn.Module, names: list[str], shards: dict[str, torch.Tensor]
+) -> None:
+    """Round ``owner``'s sharded parameters ``names`` that changed in any process since
     ``quantizer`` last rounded them (:mod:`qtorch.auto_low.sharded`)."""
-    round_layer(layer, names, quantizer.number, quantizer.rounding, quantizer._shards)
+    round_layer(owner, names, quantizer.number, quantizer.rounding, shards)
+
+
+def _weight_owners(layer: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules whose own parameters ``layer``'s weight quantizer rounds, with their
+    prefixes: the layer, and a ``MultiheadAttention``'s ``out_proj``, whose weights it uses
+    without calling it (unless ``out_proj`` is lowered with a weight format of its own)."""
+    owners = [("", layer)]
+    if isinstance(layer, nn.MultiheadAttention) and not hasattr(layer.out_proj, WEIGHT_NAME):
+        owners.append(("out_proj.", layer.out_proj))
+    return owners
 
 
 def _versioned(param: torch.Tensor) -> bool:
@@ -271,11 +292,19 @@ def lower(
     whenever they changed since they were last rounded (:class:`WeightQuantizer`).
     Lowering a layer again replaces its quantizers.
 
+    ``nn.MultiheadAttention`` uses its ``out_proj`` (a ``Linear``) without calling it: a
+    lowered ``out_proj`` is run from the attention module's hooks (its output quantizer on
+    the attention output, its weights rounded before the pass). ``"attention"`` lowers the
+    attention module itself: its outputs (attention output and weights), and its own
+    parameters, the q/k/v input projections (and ``out_proj``'s, unless that is lowered
+    with a weight format of its own). The q/k/v projections' outputs are computed inside
+    torch's attention function, where no hook reaches them.
+
     Args:
         model: the model, modified in place (and returned).
         layer_types: names from ``"conv"``, ``"linear"``, ``"pool"``, ``"pad"``,
-            ``"activation"``, ``"normalization"``, ``"dropout"``, ``"loss"``; or a dict
-            from such a name to keyword overrides for that type, e.g.
+            ``"activation"``, ``"normalization"``, ``"dropout"``, ``"loss"``, ``"attention"``;
+            or a dict from such a name to keyword overrides for that type, e.g.
             ``{"conv": {"forward_number": fp8}, "linear": {}}``.
         forward_number: format of the outputs (``None``: unchanged).
         backward_number: format of the gradients of the outputs (``None``: unchanged).
@@ -316,6 +345,9 @@ def lower(
             if isinstance(layer, classes):
                 _attach(layer, output, weight)
                 break
+    for layer in model.modules():
+        if isinstance(layer, nn.MultiheadAttention) and hasattr(layer.out_proj, OUTPUT_NAME):
+            _route_out_proj(layer)
     return model
 
 
@@ -332,6 +364,34 @@ def _attach(layer: nn.Module, output: Quantizer, weight: WeightQuantizer | None)
         for key, hook in list(layer._forward_pre_hooks.items()):
             if hook is _round_weights:
                 del layer._forward_pre_hooks[key]
+
+
+def _route_out_proj(attention: nn.MultiheadAttention) -> None:
+    """``MultiheadAttention`` computes its output projection from ``out_proj``'s weights,
+    never calling ``out_proj``: a lowered ``out_proj``'s hooks would never run. They run from
+    the attention module's hooks instead, before its own (its first output is the
+    projection's output)."""
+    if _round_out_proj not in attention._forward_pre_hooks.values():
+        attention.register_forward_pre_hook(_round_out_proj, prepend=True)
+    if _quantize_out_proj not in attention._forward_hooks.values():
+        attention.register_forward_hook(_quantize_out_proj, prepend=True)
+
+
+def _round_out_proj(attention: nn.Module, args: Any) -> None:
+    """Forward pre-hook of a ``MultiheadAttention``: round its lowered ``out_proj``'s weights."""
+    quant = getattr(attention.out_proj, WEIGHT_NAME, None)
+    if quant is not None:
+        quant(attention.out_proj)
+
+
+def _quantize_out_proj(attention: nn.Module, args: Any, output: Any) -> Any:
+    """Forward hook of a ``MultiheadAttention``: its lowered ``out_proj``'s output quantizer
+    on the first output (``attn_output``); the attention weights are left alone."""
+    quant = getattr(attention.out_proj, OUTPUT_NAME, None)
+    if quant is None:
+        return output
+    first, *rest = output
+    return (_map_tensors(quant, first), *rest)
 
 
 def sequential_lower(
