@@ -369,10 +369,10 @@ def _attach(layer: nn.Module, output: Quantizer, weight: WeightQuantizer | None)
 def _route_out_proj(attention: nn.MultiheadAttention) -> None:
     """``MultiheadAttention`` computes its output projection from ``out_proj``'s weights,
     never calling ``out_proj``: a lowered ``out_proj``'s hooks would never run. They run from
-    the attention module's hooks instead, before its own (its first output is the
-    projection's output)."""
+    the attention module's hooks instead; the output quantizer before the attention's own
+    (its first output is the projection's output)."""
     if _round_out_proj not in attention._forward_pre_hooks.values():
-        attention.register_forward_pre_hook(_round_out_proj, prepend=True)
+        attention.register_forward_pre_hook(_round_out_proj)
     if _quantize_out_proj not in attention._forward_hooks.values():
         attention.register_forward_hook(_quantize_out_proj, prepend=True)
 
