@@ -12,6 +12,7 @@ import pytest
 import torch
 from edge_cases import bits_equal
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import qtorch
 from qtorch import NVFP4, FixedPoint, FloatingPoint
@@ -81,7 +82,8 @@ def test_every_layer_type_name_is_supported() -> None:
         "normalization",
         "dropout",
         "loss",
-        "attention",  # QPyTorch's eight, then this one
+        "attention",  # QPyTorch's eight, then these
+        "recurrent",
     ]
     layers = [nn.Conv1d(1, 2, 3), nn.MaxPool1d(2), nn.ZeroPad1d(1), nn.Tanh()]
     layers += [nn.BatchNorm1d(2), nn.Dropout(0.0), nn.Flatten(), nn.Linear(12, 2)]
@@ -429,6 +431,50 @@ def test_multihead_attention_out_proj_and_attention() -> None:
     assert on_fixed_grid(out.detach())
     for name, param in layer.named_parameters():
         assert on_fixed_grid(param.detach()), name
+
+
+def test_recurrent_modules_sequences_states_and_cells() -> None:
+    """``"recurrent"``: an LSTM's output sequence and final states (a ``PackedSequence`` output
+    keeps its type and batch sizes) and its weights; a cell's output at each step of a loop,
+    gradients included. Against torch's modules with weights and outputs rounded by hand."""
+    torch.manual_seed(0)
+    plain = nn.LSTM(4, 6, num_layers=2, batch_first=True)
+    model = lower(
+        copy.deepcopy(plain),
+        ["recurrent"],
+        FIX,
+        None,
+        "nearest",
+        weight_number=FIX,
+        weight_rounding="nearest",
+    )
+    with torch.no_grad():
+        for param in plain.parameters():
+            param.copy_(fix(param))
+    x = torch.randn(3, 5, 4)
+    with torch.no_grad():
+        (out, (h, c)), (want, (want_h, want_c)) = model(x), plain(x)
+        assert bits_equal(out, fix(want)) and bits_equal(h, fix(want_h))
+        assert bits_equal(c, fix(want_c))
+        packed = pack_padded_sequence(x, [5, 3, 2], batch_first=True)
+        got_packed, want_packed = model(packed)[0], plain(packed)[0]
+    assert isinstance(got_packed, PackedSequence)
+    assert bits_equal(got_packed.data, fix(want_packed.data))
+    assert torch.equal(got_packed.batch_sizes, want_packed.batch_sizes)
+
+    cell = nn.GRUCell(4, 6)
+    lowered = lower(
+        copy.deepcopy(cell), ["recurrent"], FIX, FixedPoint(12, 8), "nearest", "nearest"
+    )
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ha = hb = None
+    for t in range(5):
+        ha = lowered(xa[:, t], ha)
+        hb = FixGrad.apply(cell(xb[:, t], hb))
+    assert ha is not None and hb is not None and bits_equal(ha, hb)
+    ha.sum().backward()
+    hb.sum().backward()
+    assert xa.grad is not None and xb.grad is not None and bits_equal(xa.grad, xb.grad)
 
 
 def test_torch_func_grad_once_the_weights_are_rounded() -> None:

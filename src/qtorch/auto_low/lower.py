@@ -71,6 +71,9 @@ LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
     # not QPyTorch's: the attention module's outputs and own parameters (the q/k/v input
     # projections; out_proj's too, unless that is lowered with a weight format of its own)
     "attention": _classes("MultiheadAttention"),
+    # not QPyTorch's: the sequence modules' outputs (the whole sequence and the final
+    # states, not the states inside the recurrence) and the cells' (each step's)
+    "recurrent": _classes("RNN LSTM GRU RNNCell LSTMCell GRUCell"),
 }
 
 OUTPUT_NAME = "qtorch_output"
@@ -231,8 +234,12 @@ def _quantize_output(layer: nn.Module, args: Any, output: Any) -> Any:
 
 
 def _map_tensors(quant: nn.Module, value: Any) -> Any:
+    """``value`` with its floating-point tensors, in tuples and lists at any depth
+    (named tuples such as ``PackedSequence`` too), passed through ``quant``."""
     if isinstance(value, torch.Tensor):
         return quant(value) if value.is_floating_point() else value
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_map_tensors(quant, v) for v in value))
     if isinstance(value, tuple | list):
         return type(value)(_map_tensors(quant, v) for v in value)
     return value
@@ -303,8 +310,8 @@ def lower(
     Args:
         model: the model, modified in place (and returned).
         layer_types: names from ``"conv"``, ``"linear"``, ``"pool"``, ``"pad"``,
-            ``"activation"``, ``"normalization"``, ``"dropout"``, ``"loss"``, ``"attention"``;
-            or a dict from such a name to keyword overrides for that type, e.g.
+            ``"activation"``, ``"normalization"``, ``"dropout"``, ``"loss"``, ``"attention"``,
+            ``"recurrent"``; or a dict from such a name to keyword overrides for that type, e.g.
             ``{"conv": {"forward_number": fp8}, "linear": {}}``.
         forward_number: format of the outputs (``None``: unchanged).
         backward_number: format of the gradients of the outputs (``None``: unchanged).
