@@ -148,7 +148,7 @@ class WeightQuantizer(nn.Module):
                 continue
             tracked = not traced and _versioned(param)
             last = self._rounded.get(prefix + name) if tracked else None
-            if last is not None and last.holds(param):
+            if isinstance(last, _Rounded) and last.holds(param):  # (earlier pickles: tuples)
                 if self.rounding is Rounding.STOCHASTIC:
                     draw_seed(None, param.device)  # what rounding it would draw (see above)
                 continue
