@@ -84,6 +84,7 @@ def test_every_layer_type_name_is_supported() -> None:
         "loss",
         "attention",  # QPyTorch's eight, then these
         "recurrent",
+        "embedding",
     ]
     layers = [nn.Conv1d(1, 2, 3), nn.MaxPool1d(2), nn.ZeroPad1d(1), nn.Tanh()]
     layers += [nn.BatchNorm1d(2), nn.Dropout(0.0), nn.Flatten(), nn.Linear(12, 2)]
@@ -475,6 +476,34 @@ def test_recurrent_modules_sequences_states_and_cells() -> None:
     ha.sum().backward()
     hb.sum().backward()
     assert xa.grad is not None and xb.grad is not None and bits_equal(xa.grad, xb.grad)
+
+
+def test_embeddings_round_their_tables_and_lookups() -> None:
+    """``"embedding"``: the table rounded in place (sparse gradients too), the looked-up
+    vectors (and an ``EmbeddingBag``'s sums) quantized; against torch's modules with the
+    table and the output rounded by hand."""
+    torch.manual_seed(0)
+    ids = torch.tensor([[1, 5, 5, 0], [7, 2, 9, 3]])
+    for plain in (nn.Embedding(10, 6, sparse=True), nn.EmbeddingBag(10, 6, mode="sum")):
+        model = lower(
+            copy.deepcopy(plain),
+            ["embedding"],
+            FixedPoint(8, 2),
+            None,
+            "nearest",
+            weight_number=FIX,
+            weight_rounding="nearest",
+        )
+        with torch.no_grad():
+            plain.weight.copy_(fix(plain.weight))
+        got, want = model(ids), plain(ids)
+        assert bits_equal(model.weight, plain.weight)
+        assert bits_equal(got, fix(want, fl=2))
+        got.sum().backward()
+        want.sum().backward()
+        g, w = model.weight.grad, plain.weight.grad
+        assert g is not None and w is not None and g.layout == w.layout
+        assert bits_equal(g.to_dense(), w.to_dense())  # Embedding's sparse, EmbeddingBag's not
 
 
 def test_torch_func_grad_once_the_weights_are_rounded() -> None:

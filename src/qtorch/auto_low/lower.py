@@ -74,6 +74,8 @@ LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
     # not QPyTorch's: the sequence modules' outputs (the whole sequence and the final
     # states, not the states inside the recurrence) and the cells' (each step's)
     "recurrent": _classes("RNN LSTM GRU RNNCell LSTMCell GRUCell"),
+    # not QPyTorch's: the looked-up vectors and the tables
+    "embedding": _classes("Embedding EmbeddingBag"),
 }
 
 OUTPUT_NAME = "qtorch_output"
@@ -311,7 +313,8 @@ def lower(
         model: the model, modified in place (and returned).
         layer_types: names from ``"conv"``, ``"linear"``, ``"pool"``, ``"pad"``,
             ``"activation"``, ``"normalization"``, ``"dropout"``, ``"loss"``, ``"attention"``,
-            ``"recurrent"``; or a dict from such a name to keyword overrides for that type, e.g.
+            ``"recurrent"``, ``"embedding"``; or a dict from such a name to keyword overrides
+            for that type, e.g.
             ``{"conv": {"forward_number": fp8}, "linear": {}}``.
         forward_number: format of the outputs (``None``: unchanged).
         backward_number: format of the gradients of the outputs (``None``: unchanged).
