@@ -339,16 +339,18 @@ def fix(t: torch.Tensor, wl: int = 8, fl: int = 4) -> torch.Tensor:
     return torch.clamp(torch.round(t * 2.0**fl), -top, top - 1) / 2.0**fl
 
 
-class FixGrad(torch.autograd.Function):
-    """fix() forward, FixedPoint(12, 8) by hand backward."""
+class Fix(torch.autograd.Function):
+    """fix() forward; backward fix() of the gradient to FixedPoint(*grad_format), or the
+    gradient straight through for None."""
 
     @staticmethod
-    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, t: torch.Tensor, grad_format: tuple[int, int] | None) -> torch.Tensor:
+        ctx.grad_format = grad_format
         return fix(t)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        return fix(g, 12, 8)
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return (g if ctx.grad_format is None else fix(g, *ctx.grad_format)), None
 
 
 def test_multihead_attention_out_proj_and_attention() -> None:
@@ -385,7 +387,7 @@ def test_multihead_attention_out_proj_and_attention() -> None:
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     got, weights = model(xa, xa, xa)
     raw, want_weights = ref(xb, xb, xb)
-    want = FixGrad.apply(raw)
+    want = Fix.apply(raw, (12, 8))
     assert bits_equal(got, want) and bits_equal(weights, want_weights)
     assert bits_equal(model.out_proj.weight, ref.out_proj.weight)
     assert bits_equal(model.in_proj_weight, plain.in_proj_weight)  # not a Linear's
@@ -471,7 +473,7 @@ def test_recurrent_modules_sequences_states_and_cells() -> None:
     ha = hb = None
     for t in range(5):
         ha = lowered(xa[:, t], ha)
-        hb = FixGrad.apply(cell(xb[:, t], hb))
+        hb = Fix.apply(cell(xb[:, t], hb), (12, 8))
     assert ha is not None and hb is not None and bits_equal(ha, hb)
     ha.sum().backward()
     hb.sum().backward()
@@ -504,6 +506,42 @@ def test_embeddings_round_their_tables_and_lookups() -> None:
         g, w = model.weight.grad, plain.weight.grad
         assert g is not None and w is not None and g.layout == w.layout
         assert bits_equal(g.to_dense(), w.to_dense())  # Embedding's sparse, EmbeddingBag's not
+
+
+def test_parametrized_weights_are_rounded_after_their_parametrization() -> None:
+    """``weight_norm``/``spectral_norm`` (``torch.nn.utils.parametrize``) compute the weight
+    from its originals at every access: lower's in-place rounding found no weight parameter
+    and skipped it, silently. Now the computed weight is rounded at every access, gradient
+    straight through to the originals, which stay unrounded; lowering again without
+    ``weight_number`` takes the rounding away."""
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return weight_norm(nn.Linear(4, 3))
+
+    plain, model = make(), make()
+    lower(model, ["linear"], weight_number=FIX, weight_rounding="nearest")
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        plain.bias.copy_(fix(plain.bias))
+    got = model(x)
+    want = nn.functional.linear(x, Fix.apply(plain.weight, None), plain.bias)
+    assert bits_equal(got, want)
+    assert bits_equal(model.weight, fix(plain.weight))
+    got.sum().backward()
+    want.sum().backward()
+    for (name, a), b in zip(model.named_parameters(), plain.parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None and bits_equal(a.grad, b.grad), name
+        assert bits_equal(a, b), name  # originals unrounded (the bias rounded in both)
+    lower(model, ["linear"])
+    assert bits_equal(model.weight, plain.weight)
+
+    sn = lower(spectral_norm(nn.Linear(4, 3)), ["linear"], weight_number=FIX)
+    sn(x)
+    assert on_fixed_grid(sn.weight.detach()) and not on_fixed_grid(
+        sn.parametrizations.weight.original.detach()
+    )
 
 
 def test_torch_func_grad_once_the_weights_are_rounded() -> None:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from qtorch.auto_low.sharded import round_layer, stored_param, tracing_mode_active
 from qtorch.formats.base import Format
@@ -27,7 +28,13 @@ from qtorch.quant.quantizer import Quantizer
 from qtorch.quantize import quantize_
 from qtorch.rounding import Rounding
 
-__all__ = ["LAYER_TYPES", "WeightQuantizer", "lower", "sequential_lower"]
+__all__ = [
+    "LAYER_TYPES",
+    "ParametrizedWeightQuantizer",
+    "WeightQuantizer",
+    "lower",
+    "sequential_lower",
+]
 
 
 def _classes(names: str) -> tuple[type[nn.Module], ...]:
@@ -374,6 +381,36 @@ def _attach(layer: nn.Module, output: Quantizer, weight: WeightQuantizer | None)
         for key, hook in list(layer._forward_pre_hooks.items()):
             if hook is _round_weights:
                 del layer._forward_pre_hooks[key]
+    if parametrize.is_parametrized(layer):
+        _round_parametrized(layer, weight)
+
+
+class ParametrizedWeightQuantizer(Quantizer):
+    """The last parametrization of a lowered layer's parametrized tensor (``weight_norm``,
+    ``spectral_norm``, any ``torch.nn.utils.parametrize``): such a tensor is computed from
+    its originals at every access, so no stored tensor holds what the forward pass uses.
+    Rounds the computed tensor at every access, gradient straight through (as the rounded
+    parameters of :class:`WeightQuantizer` get it); the originals stay as they are."""
+
+    def __init__(self, number: Format, rounding: Rounding | str = "stochastic") -> None:
+        super().__init__(number, None, rounding)
+
+
+def _round_parametrized(layer: nn.Module, weight: WeightQuantizer | None) -> None:
+    """Put a :class:`ParametrizedWeightQuantizer` of ``weight``'s format at the end of each
+    floating-point parametrized tensor's chain (replacing one put there before), or, with
+    no ``weight``, take it away."""
+    chains = cast(dict[str, nn.ModuleList], layer.parametrizations)
+    for name, chain in chains.items():
+        for index in reversed(range(len(chain))):
+            if isinstance(chain[index], ParametrizedWeightQuantizer):
+                del chain[index]
+        originals = [*chain.parameters(recurse=False), *chain.buffers(recurse=False)]
+        if weight is not None and all(t.is_floating_point() for t in originals):
+            rounding = ParametrizedWeightQuantizer(weight.number, weight.rounding)
+            # unsafe: torch's checks would compute the tensor (spectral_norm's power
+            # iteration steps, stochastic rounding draws); shape and dtype are kept
+            parametrize.register_parametrization(layer, name, rounding, unsafe=True)
 
 
 def _route_out_proj(attention: nn.MultiheadAttention) -> None:
