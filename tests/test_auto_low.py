@@ -232,6 +232,29 @@ def test_weights_are_rounded_again_only_when_they_changed() -> None:
     check(state, w - 0.25)
 
 
+def test_tied_weights_are_rounded_once_per_change() -> None:
+    """A weight shared by two lowered layers was rounded by each at every pass: backward
+    raised ("modified by an inplace operation") once the first layer had saved it, and
+    NVFP4's non-idempotent block ended rounded twice. Now the second layer finds it rounded
+    by the first; the same holds in a deepcopy."""
+    fmt = NVFP4(block_size=8)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8))
+    model[2].weight = model[0].weight
+    lower(model, ["linear"], weight_number=fmt, weight_rounding="nearest")
+    w = torch.randn(8, 8, generator=torch.Generator().manual_seed(4))
+    w[2] = torch.tensor([0.0073, -0.0019, -0.0046, -0.0057, -0.0182, 0.0039, -0.0022, 0.0056])
+    x = torch.randn(3, 8, requires_grad=True)
+    for value in (w, w * 1.5):
+        with torch.no_grad():
+            model[0].weight.copy_(value)
+        for net in (model, copy.deepcopy(model)):
+            version = net[0].weight._version
+            net(x).sum().backward()
+            net(x).sum().backward()
+            assert net[0].weight._version == version + 1  # the second pass rounds nothing
+            assert bits_equal(net[0].weight.detach(), qtorch.quantize(value, fmt))
+
+
 def test_a_deepcopy_is_not_rounded_again() -> None:
     """A deepcopy of a lowered model whose weights were rounded and not changed since
     computes what the original computes. Before, the copy's parameters were new tensors, so

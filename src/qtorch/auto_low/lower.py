@@ -19,6 +19,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from qtorch.auto_low.sharded import round_layer, stored_param, tracing_mode_active
 from qtorch.formats.base import Format
@@ -111,6 +112,12 @@ class WeightQuantizer(nn.Module):
     activations had the noise of seeds shifted by the skipped draws, not the forward
     pass's, and the gradients differed from those without checkpointing.
 
+    A weight tied to another lowered layer's (an embedding and an output layer sharing one
+    table) is rounded by whichever layer runs first and left by the other when their
+    formats and rounding modes are the same; rounding it again bumped its version after
+    the first layer had saved it, and backward raised. Tied to layers of different
+    formats, it is rounded by each, as asked.
+
     ``copy.deepcopy`` of a lowered model carries this over to the copies of parameters
     rounded and unchanged since, so a copy draws and computes what the original would.
     Pickling does not: an unpickled model rounds its weights once more (the same values,
@@ -156,14 +163,26 @@ class WeightQuantizer(nn.Module):
             if name in sharded:
                 continue
             tracked = not traced and _versioned(param)
-            last = self._rounded.get(prefix + name) if tracked else None
-            if isinstance(last, _Rounded) and last.holds(param):  # (earlier pickles: tuples)
+            if tracked and self._holds_rounded(prefix + name, param):
                 if self.rounding is Rounding.STOCHASTIC:
                     draw_seed(None, param.device)  # what rounding it would draw (see above)
                 continue
             quantize_(param, self.number, self.rounding)
             if tracked:
-                self._rounded[prefix + name] = _Rounded(param)
+                record = _Rounded(param, self.number, self.rounding)
+                self._rounded[prefix + name] = _LAST[param] = record
+
+    def _holds_rounded(self, key: str, param: torch.Tensor) -> bool:
+        """Whether ``param`` is as this module, or another of the same format and rounding
+        (the weight is tied to another lowered layer's), last rounded it."""
+        last = self._rounded.get(key)
+        if isinstance(last, _Rounded) and last.holds(param):  # (earlier pickles: tuples)
+            return True
+        shared = _LAST.get(param)
+        if shared is None or not shared.holds(param) or not shared.made_by_alike(self):
+            return False
+        self._rounded[key] = shared
+        return True
 
     def extra_repr(self) -> str:
         return f"number={self.number!r}, rounding={self.rounding.value!r}"
@@ -197,28 +216,37 @@ def _versioned(param: torch.Tensor) -> bool:
 
 
 class _Rounded:
-    """A parameter just after it was rounded: the tensor (weakly), its version, its storage.
-    Values change with one of the three."""
+    """A parameter just after it was rounded: the tensor (weakly), its version, its storage
+    (values change with one of the three), and the format and rounding mode used."""
 
-    __slots__ = ("ptr", "ref", "version")
+    __slots__ = ("number", "ptr", "ref", "rounding", "version")
 
-    def __init__(self, param: torch.Tensor) -> None:
+    def __init__(self, param: torch.Tensor, number: Format, rounding: Rounding) -> None:
         self.ref = weakref.ref(param)
         self.version = param._version
         self.ptr = param.data_ptr()
+        self.number, self.rounding = number, rounding
 
     def holds(self, param: torch.Tensor) -> bool:
         same = self.ref() is param and param._version == self.version
         return same and param.data_ptr() == self.ptr
 
+    def made_by_alike(self, quantizer: WeightQuantizer) -> bool:
+        return self.number == quantizer.number and self.rounding is quantizer.rounding
+
     def __deepcopy__(self, memo: dict[int, Any]) -> _Rounded | None:
         """The copy of the parameter, if this deepcopy copied it (``nn.Module`` copies a
-        layer's parameters before its children) while it was still as rounded."""
+        layer's parameters before its children) while it was still as rounded. One record
+        shared by tied weights' layers stays one (``copy.deepcopy`` memoizes it)."""
         param = self.ref()
         if param is None or not self.holds(param):
             return None
         clone = memo.get(id(param))
-        return _Rounded(clone) if isinstance(clone, torch.Tensor) else None
+        if not isinstance(clone, torch.Tensor):
+            return None
+        record = _Rounded(clone, self.number, self.rounding)
+        _LAST[clone] = record
+        return record
 
     def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
         return _nothing, ()  # an unpickled parameter is new: rounded at the next call
@@ -226,6 +254,12 @@ class _Rounded:
 
 def _nothing() -> None:
     return None
+
+
+#: parameter -> its last rounding by a WeightQuantizer, for weights tied across layers:
+#: the second layer's quantizer finds it rounded by the first and leaves it (rounding it
+#: again bumped its version after the first layer had saved it for backward)
+_LAST: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
 
 try:
