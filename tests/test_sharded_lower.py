@@ -7,7 +7,8 @@ optimizer steps and the backward pass gathers again, stayed unrounded, and FSDP2
 the copy's version counter across refills. Tensor-parallel DTensor weights were rounded
 at every call, drawing a seed each time (torch's ``foreach`` optimizer kernels leave a
 DTensor's version unchanged, so versions cannot tell an update). Both now round the
-stored weights once per change (:mod:`qtorch.auto_low.sharded`).
+stored weights once per change (:mod:`qtorch.auto_low.sharded`), also a weight tied
+across two layers (FSDP2 rounded it once per layer: NVFP4's planted block twice).
 
 As in ``test_ddp.py``, every value is dyadic with few bits (the layer outputs and their
 gradients are rounded to fixed point), so sums are exact whatever their order, and every
@@ -44,25 +45,28 @@ FP4 = NVFP4(block_size=8)
 # (name, model, weight format, weight rounding)
 CASES = [
     ("fsdp_layers", "tied", FIX, "stochastic"),
-    ("fsdp_root", "tied", FIX, "nearest"),  # trained under FlopCounterMode
+    ("fsdp_root", "tied", FP4, "nearest"),  # trained under FlopCounterMode
     ("tp", "mlp", FIX, "stochastic"),
     ("tp_nvfp4", "mlp", FP4, "nearest"),
 ]
 
 
 class Tied(nn.Module):
-    """``mid`` runs twice in each forward pass (weights shared across depth)."""
+    """``mid`` runs twice in each forward pass (weights shared across depth), and ``c``
+    shares ``mid``'s weight (tied across layers)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Linear(4, 8)
         self.mid = nn.Linear(8, 8)
+        self.c = nn.Linear(8, 8)
+        self.c.weight = self.mid.weight
         self.b = nn.Linear(8, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.a(x))
         h = torch.relu(self.mid(torch.relu(self.mid(h))))
-        return self.b(h)
+        return self.b(torch.relu(self.c(h)))
 
 
 def _model(kind: str) -> nn.Module:
@@ -73,12 +77,12 @@ def _model(kind: str) -> nn.Module:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.round(torch.rand(p.shape, generator=g) * 64 - 32) / 64)
-        if kind == "mlp":
-            # a block whose NVFP4 rounding rounded again differs (test_auto_low): rounded
-            # at every call, it would change with no update in between
-            model[0].weight[2] = torch.tensor(
-                [0.0073, -0.0019, -0.0046, -0.0057, -0.0182, 0.0039, -0.0022, 0.0056]
-            )
+        # a block whose NVFP4 rounding rounded again differs (test_auto_low): rounded at
+        # every call, or by each of two layers tied to it, it would change with no update
+        planted = model.mid.weight if kind == "tied" else model[0].weight
+        planted[2] = torch.tensor(
+            [0.0073, -0.0019, -0.0046, -0.0057, -0.0182, 0.0039, -0.0022, 0.0056]
+        )
     return model
 
 
@@ -111,25 +115,35 @@ def _train(
     model: nn.Module, kind: str, share: slice, world: int
 ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
     """Train STEPS steps; return the outputs of two forward passes before each step
-    (same weights, so equal) and the final weights as full tensors."""
+    (same weights, so equal), and the weights as full tensors at the end and, under keys
+    starting with FIRST, after the first pass (the forward quantizers may hide a
+    difference in the first rounding, and the steps' roundings erase it)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.125, momentum=0.5, foreach=True)
     outputs = []
+    first: dict[str, torch.Tensor] = {}
     for x, y in _batches(kind):
         opt.zero_grad()
         for _ in range(2):
             with torch.no_grad():
                 outputs.append(model(x[share]).detach().clone())
+            first = first or {FIRST + k: v for k, v in _full(model).items()}
         loss = ((model(x[share]) - y[share]) ** 2).sum() / 16
         loss.backward()
         for p in model.parameters():
             assert p.grad is not None
             p.grad.mul_(world)
         opt.step()
-    full = {
+    return outputs, {**_full(model), **first}
+
+
+FIRST = "after the first pass: "
+
+
+def _full(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
         k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
         for k, v in model.state_dict().items()
     }
-    return outputs, full
 
 
 def _sharded(name: str, kind: str, fmt: Any, rounding: str, rank: int, compiled: bool) -> Any:
@@ -142,10 +156,10 @@ def _sharded(name: str, kind: str, fmt: Any, rounding: str, rank: int, compiled:
     )
 
     model = _model(kind)
-    if name == "fsdp_layers":  # lowered before sharding, each layer its own FSDP unit
+    if name == "fsdp_layers":  # lowered before sharding, FSDP units of their own
         _lower(model, fmt, rounding)
-        for layer in (model.a, model.mid, model.b):
-            fully_shard(layer)
+        for unit in (model.a, [model.mid, model.c], model.b):  # (tied weights: one unit)
+            fully_shard(unit)
         fully_shard(model)
     elif name == "fsdp_root":  # one FSDP unit holding every layer, lowered after
         fully_shard(model)
@@ -224,6 +238,8 @@ def test_sharded_weights_round_as_one_process(tmp_path: Any, compiled: bool) -> 
         with torch.no_grad():
             model(_batches(kind)[0][0])
         for key, value in full.items():
+            if key.startswith(FIRST):
+                continue
             rounded = model.state_dict()[key]
             if rounding == "nearest":
                 assert bits_equal(rounded, qtorch.quantize(value, fmt)), (name, key)

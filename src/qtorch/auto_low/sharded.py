@@ -37,6 +37,7 @@ from typing import Any, cast
 
 import torch
 import torch.distributed as dist
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from qtorch.formats.base import Format
 from qtorch.kernels.dtensor import is_dtensor
@@ -133,7 +134,7 @@ def round_layer(
     for group in by_mesh.values():
         entries = [cast(Stored, stored[name]) for name in group]
         changed = [
-            entry.changed_since(shards.get(name))
+            _changed(entry, name, shards, fmt, rounding)
             for name, entry in zip(group, entries, strict=True)
         ]
         for name, entry, again in zip(
@@ -142,8 +143,31 @@ def round_layer(
             if again:
                 entry.round_(fmt, rounding)
                 shards[name] = entry.snapshot()
+                _LAST[entry.param] = (shards[name], fmt, rounding)
             elif rounding is Rounding.STOCHASTIC:  # what rounding would draw (WeightQuantizer)
                 draw_seed(None, (entry.param if entry.copy is None else entry.copy).device)
+
+
+#: stored parameter -> (this process's shard as last rounded, format, rounding mode), for
+#: weights tied across lowered layers: the second layer's quantizer finds the shard
+#: rounded by the first (as :class:`~qtorch.auto_low.WeightQuantizer` does for plain ones)
+_LAST: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+
+
+def _changed(
+    entry: Stored, name: str, shards: dict[str, torch.Tensor], fmt: Format, rounding: Rounding
+) -> bool:
+    """Whether this process's shard of ``entry`` changed since ``shards`` was taken and
+    since any quantizer of the same format and rounding rounded it (adopting that one)."""
+    if not entry.changed_since(shards.get(name)):
+        return False
+    last = _LAST.get(entry.param)
+    if last is None or last[1] != fmt or last[2] is not rounding:
+        return True
+    if entry.changed_since(last[0]):
+        return True
+    shards[name] = last[0]
+    return False
 
 
 def _any_process(entries: list[Stored], changed: list[bool], rounding: Rounding) -> list[bool]:
