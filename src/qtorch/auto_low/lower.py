@@ -95,7 +95,9 @@ class WeightQuantizer(nn.Module):
     change of their values.
 
     Floating-point parameters only, under ``torch.no_grad()``; parameters of sub-modules
-    are left to their own lowering. A parameter is rounded when it has changed since this
+    are left to their own lowering (but for a ``MultiheadAttention``'s ``out_proj``, which
+    the attention uses without calling it), and parametrized tensors to a
+    :class:`ParametrizedWeightQuantizer`. A parameter is rounded when it has changed since this
     module last rounded it: a new tensor or new storage (``.to()``, ``p.data = ...``), or
     an in-place write that autograd sees (an optimizer step, ``load_state_dict``, any
     update under ``torch.no_grad()``; in-place writes to ``p.data`` are invisible to it,
