@@ -141,11 +141,9 @@ class WeightQuantizer(nn.Module):
             raise TypeError(f"lower: weight_number must be a qtorch format, got {number!r}")
         self.number = number
         self.rounding = number.check_rounding(rounding)
-        #: parameter name (dotted from the layer) -> the parameter as last rounded
+        #: parameter name (dotted from the layer) -> the parameter as this module last
+        #: rounded it: what ``copy.deepcopy`` carries to a copy (:data:`_LAST` decides)
         self._rounded: dict[str, _Rounded | None] = {}
-        #: owner's prefix -> parameter name -> this process's shard as rounded, for
-        #: sharded parameters
-        self._shards: dict[str, dict[str, torch.Tensor]] = {}
 
     @torch.no_grad()
     def forward(self, layer: nn.Module) -> None:
@@ -160,12 +158,12 @@ class WeightQuantizer(nn.Module):
         params = [(n, p) for n, p in owner.named_parameters(recurse=False) if p.is_floating_point()]
         sharded = [n for n, p in params if real and stored_param(owner, n, p) is not None]
         if sharded:
-            _round_sharded(self, owner, sharded, self._shards.setdefault(prefix, {}))
+            _round_sharded(self, owner, sharded)
         for name, param in params:
             if name in sharded:
                 continue
             tracked = not traced and _versioned(param)
-            if tracked and self._holds_rounded(prefix + name, param):
+            if tracked and _holds_rounding(param, self.number, self.rounding):
                 if self.rounding is Rounding.STOCHASTIC:
                     draw_seed(None, param.device)  # what rounding it would draw (see above)
                 continue
@@ -174,29 +172,15 @@ class WeightQuantizer(nn.Module):
                 record = _Rounded(param, self.number, self.rounding)
                 self._rounded[prefix + name] = _LAST[param] = record
 
-    def _holds_rounded(self, key: str, param: torch.Tensor) -> bool:
-        """Whether ``param`` is as this module, or another of the same format and rounding
-        (the weight is tied to another lowered layer's), last rounded it."""
-        last = self._rounded.get(key)
-        if isinstance(last, _Rounded) and last.holds(param):  # (earlier pickles: tuples)
-            return True
-        shared = _LAST.get(param)
-        if shared is None or not shared.holds(param) or not shared.made_by_alike(self):
-            return False
-        self._rounded[key] = shared
-        return True
-
     def extra_repr(self) -> str:
         return f"number={self.number!r}, rounding={self.rounding.value!r}"
 
 
 @torch.compiler.disable  # all-reduces and host-side decisions: eager, also when compiled
-def _round_sharded(
-    quantizer: WeightQuantizer, owner: nn.Module, names: list[str], shards: dict[str, torch.Tensor]
-) -> None:
+def _round_sharded(quantizer: WeightQuantizer, owner: nn.Module, names: list[str]) -> None:
     """Round ``owner``'s sharded parameters ``names`` that changed in any process since
-    ``quantizer`` last rounded them (:mod:`qtorch.auto_low.sharded`)."""
-    round_layer(owner, names, quantizer.number, quantizer.rounding, shards)
+    they were last rounded alike (:mod:`qtorch.auto_low.sharded`)."""
+    round_layer(owner, names, quantizer.number, quantizer.rounding)
 
 
 def _weight_owners(layer: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -233,9 +217,6 @@ class _Rounded:
         same = self.ref() is param and param._version == self.version
         return same and param.data_ptr() == self.ptr
 
-    def made_by_alike(self, quantizer: WeightQuantizer) -> bool:
-        return self.number == quantizer.number and self.rounding is quantizer.rounding
-
     def __deepcopy__(self, memo: dict[int, Any]) -> _Rounded | None:
         """The copy of the parameter, if this deepcopy copied it (``nn.Module`` copies a
         layer's parameters before its children) while it was still as rounded. One record
@@ -258,10 +239,20 @@ def _nothing() -> None:
     return None
 
 
-#: parameter -> its last rounding by a WeightQuantizer, for weights tied across layers:
-#: the second layer's quantizer finds it rounded by the first and leaves it (rounding it
-#: again bumped its version after the first layer had saved it for backward)
+#: parameter -> its last rounding by any WeightQuantizer: one record per parameter, so
+#: that a weight tied across layers is left by the second layer's quantizer once the first
+#: rounded it (rounding it again bumped its version after the first layer had saved it
+#: for backward)
 _LAST: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+
+
+def _holds_rounding(param: torch.Tensor, number: Format, rounding: Rounding) -> bool:
+    """Whether ``param`` is as it was just after its last rounding, and that rounding was
+    to ``number`` with ``rounding``."""
+    last = _LAST.get(param)
+    if last is None or not last.holds(param):
+        return False
+    return last.number == number and last.rounding is rounding
 
 
 try:

@@ -112,15 +112,10 @@ class Stored:
             local.copy_(part)
 
 
-def round_layer(
-    layer: torch.nn.Module,
-    names: list[str],
-    fmt: Format,
-    rounding: Rounding,
-    shards: dict[str, torch.Tensor],
-) -> None:
-    """Round ``layer``'s sharded parameters ``names`` that changed in any process since
-    ``shards`` (name -> this process's shard as last rounded, updated here) was taken.
+def round_layer(layer: torch.nn.Module, names: list[str], fmt: Format, rounding: Rounding) -> None:
+    """Round ``layer``'s sharded parameters ``names`` that changed in any process since they
+    were last rounded to ``fmt`` with ``rounding`` (by this layer's quantizer or, for a
+    weight tied across layers, another's).
 
     One all-reduce per mesh (of the changed flags and the next seed's halves) makes every
     process decide alike. Stochastic rounding: raises ``RuntimeError`` when the processes
@@ -133,41 +128,28 @@ def round_layer(
             by_mesh.setdefault(id(entry.param.device_mesh), []).append(name)
     for group in by_mesh.values():
         entries = [cast(Stored, stored[name]) for name in group]
-        changed = [
-            _changed(entry, name, shards, fmt, rounding)
-            for name, entry in zip(group, entries, strict=True)
-        ]
-        for name, entry, again in zip(
-            group, entries, _any_process(entries, changed, rounding), strict=True
-        ):
+        changed = [_changed(entry, fmt, rounding) for entry in entries]
+        for entry, again in zip(entries, _any_process(entries, changed, rounding), strict=True):
             if again:
                 entry.round_(fmt, rounding)
-                shards[name] = entry.snapshot()
-                _LAST[entry.param] = (shards[name], fmt, rounding)
+                _LAST[entry.param] = (entry.snapshot(), fmt, rounding)
             elif rounding is Rounding.STOCHASTIC:  # what rounding would draw (WeightQuantizer)
                 draw_seed(None, (entry.param if entry.copy is None else entry.copy).device)
 
 
-#: stored parameter -> (this process's shard as last rounded, format, rounding mode), for
-#: weights tied across lowered layers: the second layer's quantizer finds the shard
-#: rounded by the first (as :class:`~qtorch.auto_low.WeightQuantizer` does for plain ones)
+#: stored parameter -> (this process's shard as last rounded, format, rounding mode); one
+#: record per parameter, so that a weight tied across lowered layers is rounded once per
+#: change (as :class:`~qtorch.auto_low.WeightQuantizer` does for plain ones)
 _LAST: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
 
-def _changed(
-    entry: Stored, name: str, shards: dict[str, torch.Tensor], fmt: Format, rounding: Rounding
-) -> bool:
-    """Whether this process's shard of ``entry`` changed since ``shards`` was taken and
-    since any quantizer of the same format and rounding rounded it (adopting that one)."""
-    if not entry.changed_since(shards.get(name)):
-        return False
+def _changed(entry: Stored, fmt: Format, rounding: Rounding) -> bool:
+    """Whether this process's shard of ``entry`` differs from its last rounding to ``fmt``
+    with ``rounding`` (or was never so rounded)."""
     last = _LAST.get(entry.param)
     if last is None or last[1] != fmt or last[2] is not rounding:
         return True
-    if entry.changed_since(last[0]):
-        return True
-    shards[name] = last[0]
-    return False
+    return entry.changed_since(last[0])
 
 
 def _any_process(entries: list[Stored], changed: list[bool], rounding: Rounding) -> list[bool]:
