@@ -218,9 +218,9 @@ class _Rounded:
         return same and param.data_ptr() == self.ptr
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Rounded | None:
-        """The copy of the parameter, if this deepcopy copied it (``nn.Module`` copies a
-        layer's parameters before its children) while it was still as rounded. One record
-        shared by tied weights' layers stays one (``copy.deepcopy`` memoizes it)."""
+        """The record of the parameter's copy, if this deepcopy copied it (``nn.Module``
+        copies a layer's parameters before its children) while it was still as rounded;
+        registered in :data:`_LAST`, which decides."""
         param = self.ref()
         if param is None or not self.holds(param):
             return None

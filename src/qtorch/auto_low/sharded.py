@@ -58,11 +58,9 @@ class Stored:
     param: Any  # torch.distributed.tensor.DTensor
     copy: torch.Tensor | None
 
-    def changed_since(self, snapshot: torch.Tensor | None) -> bool:
+    def changed_since(self, snapshot: torch.Tensor) -> bool:
         """Whether this process's shard differs, bit for bit, from ``snapshot``."""
         local = self.param.to_local()
-        if snapshot is None:
-            return True
         if snapshot.shape != local.shape or snapshot.dtype != local.dtype:
             return True
         if snapshot.device != local.device:  # (moved: torch.equal refuses two devices)
