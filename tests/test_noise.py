@@ -315,6 +315,18 @@ def test_index_by_lanes_is_the_flat_index(shape: tuple[int, ...]) -> None:
         assert bits_equal(flat.view(-1), expected), (shape, seed)
 
 
+def test_rows_longer_than_the_float32_lanes_take_the_flat_index() -> None:
+    # the lane numbers are kept as float32 (an int32 buffer is read through a stack copy
+    # on AVX2 CPUs), exact up to 2**24; a longer row would have rounded lanes
+    s = torch.tensor(SEEDS[1])
+    length = 2 * noise.LANES_MAX
+    got = noise.uniform_from_counter(s, (1, length), row=length)
+    tail = range(length - 3, length)
+    expected = torch.tensor([reference_uniform(SEEDS[1], i, 24) for i in tail])
+    assert bits_equal(got[0, -3:], expected)
+    assert bits_equal(got.view(-1), noise.uniform_from_counter(s, (length,)))
+
+
 @INDUCTOR_NOTICES
 def test_rows_of_any_count_share_one_graph() -> None:
     from torch._dynamo.utils import counters

@@ -55,13 +55,24 @@ vector of a flat loop from 16 scalars (``Vectorized<int>::arange``), which costs
 much as the whole 32-bit hash. Given ``row=`` (the length of the last dimension, a Python
 int while the compiler traces symbolic sizes) that is a power of two of at least 16, the
 index is computed as (the row's start + the seed's low word, a scalar per row) + (a lane
-number read from a small buffer): one broadcast and one add per vector. qtorch's compiled
+number read from a small buffer, stored as float32 and converted: see below): one
+broadcast, one conversion and one add per vector. qtorch's compiled
 kernels use it (elementwise formats on an ``(n / 16, 16)`` view of x, MX and NVFP4 on
 their blocks); the numbers are the same either way. Measured on a 2-core AVX-512 machine,
 4,194,304 float32, 2 threads, through ``qtorch.quantize`` against the SplitMix64 kernels
 (A/B, same run): fixed(8,4) stochastic 0.72, float(5,2) 0.75, posit(8,2) 0.81, MX 0.90,
 NVFP4 0.88 of the time; without the row index the 32-bit hash was no faster than
 SplitMix64 (1.02-1.10). Adding the seed per row: 0.96-0.98 more.
+
+**The lane buffer is float32.** On an AVX2 CPU, Inductor's load of an int32 vector
+(``Vectorized<int32_t>::loadu(ptr, count)`` in torch 2.13's AVX2 code; its float32 load
+reads memory directly) copies the lanes into a stack buffer in two 16-byte pieces and
+reads the buffer as one 32-byte vector: a failed store-to-load forwarding per vector, which
+stalled the whole hash. Measured on a 2-core AMD EPYC (Zen 2, AVX2), 4,194,304 float32, 2
+threads, through ``qtorch.quantize``: fixed(8,4) stochastic 7.3 ms with an int32 buffer,
+3.1 ms with the float32 one (``torch.mul(x, 2.0)``: about 1 ms); posit(8,2) 6.9 and 3.7,
+float(5,2) 7.2 and 2.9. The lanes convert exactly (rows of at most 2**24 elements are
+built so; qtorch's are 16, MX and NVFP4 blocks at most 2**20), so the numbers are the same.
 
 All arithmetic is on signed tensors whose additions and multiplications wrap (int32 or
 int64); ``>>`` on them is arithmetic, so the logical shifts mask off the copied sign bits.
@@ -125,6 +136,8 @@ EAGER_CHUNK = 2**18
 
 #: The smallest ``row=`` length for which float32 indices are built per row (see above).
 LANES_MIN = 16
+#: The largest: the lane numbers, kept as float32, are exact below 2**24 (see above).
+LANES_MAX = 1 << 24
 
 
 def _shift_right_logical(z: torch.Tensor, n: int) -> torch.Tensor:
@@ -215,8 +228,9 @@ def uniform_from_counter(
         dtype: float32 (24 random bits, multiples of 2**-24) or float64 (53 bits).
         row: the length of the last dimension, when the caller knows it to be that
             constant (a Python int even while ``torch.compile`` traces symbolic sizes). If
-            it is a power of two of at least :data:`LANES_MIN`, float32 indices are built
-            per row (faster compiled; the numbers are the same either way).
+            it is a power of two from :data:`LANES_MIN` to :data:`LANES_MAX`, float32
+            indices are built per row (faster compiled; the numbers are the same either
+            way).
         wide: for compiled code that may see more than 2**32 elements: float32 indices
             get the high word of each index, or of each row's start, in the graph; by
             default they are made in a piece per run of 2**32 (:func:`uniform_range`).
@@ -234,9 +248,14 @@ def uniform_from_counter(
     numel = 1
     for size in shape:
         numel *= size
-    if row is not None and dtype == torch.float32 and row >= LANES_MIN and row & (row - 1) == 0:
+    if row is not None and dtype == torch.float32 and _built_per_row(row):
         return _uniform_rows(seed, numel // row, row, wide=wide).view(tuple(shape))
     return uniform_range(seed, 0, numel, dtype, wide=wide).view(tuple(shape))
+
+
+def _built_per_row(length: int) -> bool:
+    """Whether float32 indices of rows of ``length`` elements are built per row."""
+    return LANES_MIN <= length <= LANES_MAX and length & (length - 1) == 0
 
 
 def _uniform_rows(
@@ -260,13 +279,14 @@ def _uniform_rows(
             return torch.cat([_uniform_rows(seed, room, length, first), rest])
     start = torch.arange(first, first + rows, dtype=torch.int64, device=seed.device)
     begin = start.mul_(length)
-    # a buffer of the lanes 0..length-1 (the zeros only make stored() a stack)
+    # a buffer of the lanes 0..length-1 (the zeros only make stored() a stack), float32:
+    # an int32 one is read through a stack copy on AVX2 CPUs (see the module docstring)
     lanes, _ = stored(
-        torch.arange(length, dtype=torch.int32, device=seed.device),
-        torch.zeros(length, dtype=torch.int32, device=seed.device),
+        torch.arange(length, dtype=torch.float32, device=seed.device),
+        torch.zeros(length, dtype=torch.float32, device=seed.device),
     )
     # c + k0 = (row start + k0) + lane (mod 2**32): no carry between them matters
-    z = (begin + seed).to(torch.int32).unsqueeze(1) + lanes
+    z = (begin + seed).to(torch.int32).unsqueeze(1) + lanes.to(torch.int32)
     high = (begin >> 32).to(torch.int32).unsqueeze(1) if wide else (first * length) >> 32
     return _noise_from_words(_triple32_keyed(z, _key(seed, high)))
 
