@@ -256,6 +256,36 @@ def test_compiled_kernel_is_bitwise_eager(fmt: BlockFloatingPoint, mode: Roundin
     assert bits_equal(got, fmt.quantize_kernel(x, mode, noise))
 
 
+@pytest.mark.parametrize("int_loads_copy", [False, True], ids=["integer", "float"])
+def test_both_compiled_block_maxima_give_the_eager_bits(
+    int_loads_copy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compiled for the CPU the block maximum is an integer maximum of the bits of |x|,
+    or on AVX2 (whose integer vector loads go through a stack copy) a float maximum of
+    |x|; each form, whatever this CPU's, against the eager kernel: blocks of two holding
+    NaN, +-Inf and no NaN, subnormals, zeros, negative values only; whole-tensor blocks
+    whose largest magnitude is negative, finite or -Inf."""
+    from qtorch.kernels import block
+
+    monkeypatch.setattr(block, "int_loads_copy", lambda: int_loads_copy)
+    bits = torch.cat([SPECIALS_F32, random_float32(2 * 4099 - len(SPECIALS_F32), seed=5)])
+    finite = random_float32(4099, seed=6, finite=True)
+    finite[finite.abs().argmax()] = -finite.abs().max()
+    with_inf = finite.clone()
+    with_inf[7] = -math.inf
+    cases = [
+        (BlockFloatingPoint(8, dim=1), bits.view(2, 4099)),  # 4099 blocks of two
+        (BlockFloatingPoint(8), finite),
+        (BlockFloatingPoint(8), with_inf),
+    ]
+    torch._dynamo.reset()
+    for fmt, x in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Inductor
+            got = torch.compile(lambda a, f=fmt: f.quantize_kernel(a, Rounding.NEAREST, None))(x)
+        assert bits_equal(got, fmt.quantize_kernel(x, Rounding.NEAREST, None)), fmt
+
+
 @pytest.mark.parametrize("n", [1, 4095, 4096, 4097, 3 * 4096 + 5])
 def test_max_in_rows_is_the_maximum(n: int) -> None:
     """The compiled Triton path's whole-tensor maximum (rows of 4096 of t zero-padded to

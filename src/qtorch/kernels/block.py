@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from qtorch.kernels.bits import copysign, exponent, layout, pow2, signbit
+from qtorch.kernels.compiled_call import int_loads_copy
 from qtorch.kernels.fixed import largest_grid_value
 from qtorch.kernels.per_block import stored
 from qtorch.kernels.round import round_integer
@@ -27,8 +28,18 @@ def block_max(x: torch.Tensor, dim: int) -> torch.Tensor:
     magnitudes, with every NaN above +Inf; so a block with a NaN gets a NaN (its payload
     may differ from the input's). An integer maximum compiles to a plain vector max,
     while a float maximum must also propagate NaN (the maximum alone, compiled: 0.45
-    against 0.64 times ``torch.mul`` for 4,194,304 float32).
+    against 0.64 times ``torch.mul`` for 4,194,304 float32, AVX-512). Compiled for a CPU
+    whose integer vectors are read through a stack copy (AVX2:
+    :func:`~qtorch.kernels.compiled_call.int_loads_copy`) it is the float maximum of |x|,
+    which propagates NaN: NaN, +Inf and the finite maxima alike, and the kernels read no
+    more of a NaN maximum than its exponent bits, so the results are the same bits (cold,
+    4,194,304 float32, 2 threads, Zen 2: 0.52 against 0.76 ms; ``x.sum()`` 0.60).
     """
+    if torch.compiler.is_compiling() and x.device.type == "cpu" and int_loads_copy():
+        if dim == -1:
+            return x.abs().amax()
+        others = [d for d in range(x.ndim) if d != dim]
+        return x.abs().amax(dim=others, keepdim=True) if others else x.abs()
     lay = layout(x.dtype)
     magnitude = x.view(lay.int_dtype) & ((1 << (lay.exponent_bits + lay.mantissa_bits)) - 1)
     if dim == -1:

@@ -89,6 +89,26 @@ def config_patches() -> dict[str, Any]:
     return {**CONFIG, "cpp.simdlen": width} if width else CONFIG
 
 
+@torch.compiler.assume_constant_result
+def int_loads_copy() -> bool:
+    """Whether Inductor's C++ for this CPU reads integer vectors through a stack copy: its
+    vectors are 256 bits wide (AVX2; ``cpp.simdlen`` when set), where torch 2.13's
+    ``Vectorized<int32_t>::loadu(ptr, count)`` copies the data into a buffer in two 16-byte
+    pieces and reads it as one vector, a failed store-to-load forwarding per vector. Its
+    float32 load reads memory directly. A constant to code that ``torch.compile`` traces.
+    """
+    from torch._inductor import config
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    width = config.cpp.simdlen
+    if width is None:
+        try:
+            width = pick_vec_isa().bit_width()
+        except Exception:  # an unknown platform
+            return False
+    return width == 256
+
+
 #: Shapes remembered per kernel; a kernel that sees more starts again (they are only a
 #: shortcut past Dynamo's guards, which the next call of each shape runs again).
 MAX_SHAPES = 4096
