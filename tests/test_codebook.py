@@ -12,7 +12,7 @@ import torch
 from edge_cases import SPECIALS_F32, bits_equal, neighbours_f32, random_float32
 
 import qtorch
-from qtorch import Codebook, nf4
+from qtorch import Codebook, Rounding, nf4
 from qtorch.formats import Boundary
 from qtorch.formats.codebook import _fields
 from qtorch.kernels.codebook import (
@@ -619,3 +619,37 @@ def test_every_bfloat16_and_float16_input(name: str) -> None:
     for dtype in (torch.bfloat16, torch.float16):
         x = patterns.view(dtype).float()
         assert bits_equal(qtorch.quantize(x, fmt), reference_tensor(x, fmt))
+
+
+@pytest.mark.parametrize("int_loads_copy", [False, True], ids=["packed", "two tables"])
+def test_both_compiled_brackets_give_the_eager_bits(
+    int_loads_copy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compiled stochastic rounding to a bucketed table reads the points around x from
+    one gather of int64 pairs, or on AVX2 (whose integer vector loads go through a stack
+    copy) from two float32 tables; each form, whatever this CPU's, against the eager
+    kernel."""
+    import warnings
+
+    from qtorch.cli.bench import family_format
+    from qtorch.formats import codebook as formats_codebook
+    from qtorch.kernels import codebook as kernels_codebook
+
+    fmt = family_format("codebook256")
+    assert isinstance(fmt, Codebook)
+    monkeypatch.setattr(kernels_codebook, "int_loads_copy", lambda: int_loads_copy)
+    formats_codebook._build_tables.cache_clear()
+    try:
+        tables = formats_codebook._tables(_fields(fmt), torch.float32, torch.device("cpu"))
+        assert isinstance(tables.bracket.outer, tuple) is int_loads_copy
+        inside = torch.linspace(-9.0, 9.0, 4001)
+        x = torch.cat([SPECIALS_F32, random_float32(2000, seed=8), inside, neighbours_f32(inside)])
+        noise = uniform_from_counter(torch.tensor(11), x.shape)
+        torch._dynamo.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Inductor
+            compiled = torch.compile(lambda a, n: fmt.quantize_kernel(a, Rounding.STOCHASTIC, n))
+            got = compiled(x, noise)
+        assert bits_equal(got, fmt.quantize_kernel(x, Rounding.STOCHASTIC, noise))
+    finally:
+        formats_codebook._build_tables.cache_clear()

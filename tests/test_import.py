@@ -15,8 +15,10 @@ def test_import_does_not_load_the_compiler() -> None:
 
 
 def test_constant_marker_matches_torch() -> None:
-    """formats/codebook.py marks its table builder the way torch.compiler does."""
+    """qtorch marks the functions it calls while traced as constants (the codebooks' table
+    builder, the CPU's vector-load test) the way torch.compiler does."""
     from qtorch.formats import codebook
+    from qtorch.kernels import compiled_call
 
     def probe() -> int:
         return 0
@@ -25,3 +27,4 @@ def test_constant_marker_matches_torch() -> None:
     marked = {k: v for k, v in vars(probe).items()}
     assert marked == {"_dynamo_marked_constant": True}
     assert codebook._tables._dynamo_marked_constant is True
+    assert compiled_call.int_loads_copy._dynamo_marked_constant is True

@@ -7,7 +7,6 @@ import functools
 import itertools
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from fractions import Fraction
 from typing import ClassVar, NamedTuple
@@ -18,6 +17,7 @@ from qtorch.formats.base import Format
 from qtorch.formats.fixed import check_bool
 from qtorch.kernels import codebook as kern
 from qtorch.kernels import codebook_search as search
+from qtorch.kernels.compiled_call import compile_constant
 from qtorch.quantize import working_tensor
 from qtorch.rounding import Rounding
 
@@ -330,17 +330,6 @@ def _geometric(a: kern.Ratio, b: kern.Ratio) -> kern.Cut:
     return kern.value_cut(0.0, tie_up=b[0] == 0)  # a zero entry takes ±0; across zero at 0
 
 
-def _compile_constant(fn: Callable[..., CodebookTables]) -> Callable[..., CodebookTables]:
-    """Mark ``fn`` for ``torch.compile`` as returning a constant (run at trace time).
-
-    This sets the attribute that ``torch.compiler.assume_constant_result`` sets (a test checks
-    that they agree), because calling that function imports ``torch._dynamo``, which would
-    add about two seconds to ``import qtorch``.
-    """
-    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
-    return fn
-
-
 #: What defines a codebook: its entries, signed, scale and boundaries (:func:`_fields`).
 Fields = tuple[tuple[float, ...], bool, float, Boundary | tuple[float, ...]]
 
@@ -350,7 +339,7 @@ def _fields(fmt: Codebook) -> Fields:
     return fmt.entries, fmt.signed, fmt.scale, fmt.boundaries
 
 
-@_compile_constant
+@compile_constant
 def _tables(fields: Fields, dtype: torch.dtype, device: torch.device) -> CodebookTables:
     """The lookup tensors, built once; ``torch.compile`` runs this natively (a constant).
 

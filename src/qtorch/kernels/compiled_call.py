@@ -33,7 +33,7 @@ import re
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -89,7 +89,21 @@ def config_patches() -> dict[str, Any]:
     return {**CONFIG, "cpp.simdlen": width} if width else CONFIG
 
 
-@torch.compiler.assume_constant_result
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def compile_constant(fn: F) -> F:
+    """Mark ``fn`` for ``torch.compile`` as returning a constant (run at trace time).
+
+    This sets the attribute that ``torch.compiler.assume_constant_result`` sets (a test checks
+    that they agree), because calling that function imports ``torch._dynamo``, which would
+    add about two seconds to ``import qtorch``.
+    """
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
+@compile_constant
 def int_loads_copy() -> bool:
     """Whether Inductor's C++ for this CPU reads integer vectors through a stack copy: its
     vectors are 256 bits wide (AVX2; ``cpp.simdlen`` when set), where torch 2.13's
