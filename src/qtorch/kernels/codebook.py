@@ -335,10 +335,11 @@ class Bracket(NamedTuple):
     bucket: ``inner``, per bucket the first point above the bucket's lowest value,
     p[B] (the last point beyond the end), and ``outer`` the points p[B - 1] and p[B + 1]
     (clamped to the table) packed into one int64 (low half, high half); two independent
-    gathers. For a CPU whose integer vectors Inductor reads through a stack copy (AVX2:
-    :func:`~qtorch.kernels.compiled_call.int_loads_copy`) ``outer`` is the two float32
-    tables instead, three gathers: codebook 256 stochastic took 0.84 of the time (A/B,
-    4,194,304 float32, 2 threads, Zen 2), the same bits. A value y of the bucket is past
+    gathers. ``pair``: the same two points as two float32 tables, which compiled code reads
+    instead (three gathers) on a CPU whose integer vectors Inductor reads through a stack
+    copy (AVX2: :func:`~qtorch.kernels.compiled_call.int_loads_copy`, asked only while
+    compiling): codebook 256 stochastic took 0.84 of the time (A/B, 4,194,304 float32, 2
+    threads, Zen 2), the same bits. A value y of the bucket is past
     p[B] when y >= p[B]: p[B] lies in the bucket or above all of it (or y is beyond the
     last point, where either pair gives the end point). Other bucketed tables: ``upper``,
     the upper point of each count laid out like the search's choices (which hold the
@@ -348,7 +349,8 @@ class Bracket(NamedTuple):
     search: Search
     upper: torch.Tensor | None = None
     inner: torch.Tensor | None = None
-    outer: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
+    outer: torch.Tensor | None = None
+    pair: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def prepare_bracket(
@@ -369,13 +371,12 @@ def prepare_bracket(
         # p[B+1]), indices clamped to the table (lo = hi = the end point beyond the ends)
         below, at = p[np.maximum(base - 1, 0)], p[np.minimum(base, n - 1)]
         above = p[np.minimum(base + 1, n - 1)]
-        inner = torch.tensor(at, device=device)
-        if device.type == "cpu" and int_loads_copy():
-            # two float32 gathers: a gathered int64 vector is read through a stack copy
-            pair = (torch.tensor(below, device=device), torch.tensor(above, device=device))
-            return Bracket(plain, inner=inner, outer=pair)
-        packed = torch.tensor(pack_pairs(below, above), device=device)
-        return Bracket(plain, inner=inner, outer=packed)
+        return Bracket(
+            plain,
+            inner=torch.tensor(at, device=device),
+            outer=torch.tensor(pack_pairs(below, above), device=device),
+            pair=(torch.tensor(below, device=device), torch.tensor(above, device=device)),
+        )
     lower = [points[min(max(k - 1, 0), n - 2)] for k in range(n + 1)]  # by count of points <= y
     upper = [points[min(max(k - 1, 0), n - 2) + 1] for k in range(n + 1)]
     search = prepare_search(points, dtype, device, or_equal=True, signed=signed, entries=lower)
@@ -412,8 +413,9 @@ def bracket(
         if prepared.inner is not None and prepared.outer is not None:
             bucket = bucket_of(y, search)
             at = gather_in_range(prepared.inner, bucket)
-            if isinstance(prepared.outer, tuple):
-                below, above = (gather_in_range(t, bucket) for t in prepared.outer)
+            if prepared.pair is not None and y.device.type == "cpu" and int_loads_copy():
+                # a gathered int64 vector is read through a stack copy there
+                below, above = (gather_in_range(t, bucket) for t in prepared.pair)
             else:
                 below, above = unpack_pairs(gather_in_range(prepared.outer, bucket))
             past = y >= at
