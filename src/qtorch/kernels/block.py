@@ -35,13 +35,12 @@ def block_max(x: torch.Tensor, dim: int) -> torch.Tensor:
     more of a NaN maximum than its exponent bits, so the results are the same bits (cold,
     4,194,304 float32, 2 threads, Zen 2: 0.52 against 0.76 ms; ``x.sum()`` 0.60).
     """
-    if torch.compiler.is_compiling() and x.device.type == "cpu" and int_loads_copy():
-        if dim == -1:
-            return x.abs().amax()
-        others = [d for d in range(x.ndim) if d != dim]
-        return x.abs().amax(dim=others, keepdim=True) if others else x.abs()
-    lay = layout(x.dtype)
-    magnitude = x.view(lay.int_dtype) & ((1 << (lay.exponent_bits + lay.mantissa_bits)) - 1)
+    float_max = torch.compiler.is_compiling() and x.device.type == "cpu" and int_loads_copy()
+    if float_max:
+        magnitude = x.abs()
+    else:
+        lay = layout(x.dtype)
+        magnitude = x.view(lay.int_dtype) & ((1 << (lay.exponent_bits + lay.mantissa_bits)) - 1)
     if dim == -1:
         # compiled off the CPU (Triton): in rows; else ATen's or Inductor's C++ reduction
         rows = x.device.type != "cpu" and torch.compiler.is_compiling()
@@ -49,7 +48,7 @@ def block_max(x: torch.Tensor, dim: int) -> torch.Tensor:
     else:
         others = [d for d in range(x.ndim) if d != dim]
         top = magnitude.amax(dim=others, keepdim=True) if others else magnitude
-    return top.view(x.dtype)
+    return top if float_max else top.view(x.dtype)
 
 
 #: Row length of :func:`max_in_rows`.

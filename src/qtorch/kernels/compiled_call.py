@@ -78,15 +78,22 @@ def config_patches() -> dict[str, Any]:
     instruction set of that width, which is the one picked.
     """
     from torch._inductor import config
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
 
     if config.cpp.simdlen is not None:
         return CONFIG
-    try:
-        width = pick_vec_isa().bit_width()
-    except Exception:  # an unknown platform: Inductor's own choice, unkeyed
-        return CONFIG
+    width = _picked_width()  # None on an unknown platform: Inductor's own choice, unkeyed
     return {**CONFIG, "cpp.simdlen": width} if width else CONFIG
+
+
+def _picked_width() -> int | None:
+    """The vector width in bits of the instruction set Inductor picks for the CPU's C++
+    (``ATEN_CPU_CAPABILITY`` included); None where it cannot tell (an unknown platform)."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    try:
+        return int(pick_vec_isa().bit_width())
+    except Exception:
+        return None
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,14 +119,8 @@ def int_loads_copy() -> bool:
     float32 load reads memory directly. A constant to code that ``torch.compile`` traces.
     """
     from torch._inductor import config
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
 
-    width = config.cpp.simdlen
-    if width is None:
-        try:
-            width = pick_vec_isa().bit_width()
-        except Exception:  # an unknown platform
-            return False
+    width = config.cpp.simdlen if config.cpp.simdlen is not None else _picked_width()
     return width == 256
 
 
