@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from fractions import Fraction
+from typing import Any
 
 import pytest
 import torch
@@ -30,8 +31,10 @@ from qtorch.kernels.bits import (
     isnan,
     layout,
     mul_pow2,
+    pattern,
     signbit,
 )
+from qtorch.kernels.floating import saturate_finite
 from qtorch.kernels.per_block import stored
 from qtorch.kernels.round import (
     binades_fit,
@@ -79,6 +82,14 @@ def _noise(x: torch.Tensor, seed: int = 1) -> torch.Tensor:
 def _pow2(e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """2.0**e elementwise, exactly (e within the normal range), via float64 ldexp."""
     return torch.ldexp(torch.ones(e.shape, dtype=torch.float64), e.to(torch.int64)).to(dtype)
+
+
+def _eager_and_compiled(fn: Any, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(*args)`` run eagerly and compiled (static shapes, one graph)."""
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args), compiled(*args)
 
 
 def _normal_or_special(x: torch.Tensor) -> torch.Tensor:
@@ -254,6 +265,38 @@ def test_bit_tests_match_torch(dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pattern_is_the_tensors_bit_pattern(dtype: torch.dtype) -> None:
+    lay = layout(dtype)
+    for value in [*SPECIALS_F32.tolist(), 57344.0, -2.5, 2.0**-140]:
+        want = torch.tensor(value, dtype=dtype).view(lay.int_dtype).item()
+        assert pattern(value, dtype) == want, value
+    with pytest.raises(ValueError, match="not exact"):
+        pattern(0.1, dtype if dtype == torch.float32 else torch.float32)
+
+
+@pytest.mark.parametrize("limit", [57344.0, 448.0, 2.0**-130, 3.4028234663852886e38])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_saturate_finite_clamps_finite_magnitudes_only(dtype: torch.dtype, limit: float) -> None:
+    """Eager and compiled, against a per-element Python reference on the bit patterns:
+    finite magnitudes above the limit become the limit; +Inf and NaN (any payload) stay."""
+    lay = layout(dtype)
+    quiet = torch.tensor([1 << (lay.mantissa_bits - 1)], dtype=lay.int_dtype)
+    nans = (torch.tensor([math.inf], dtype=dtype).view(lay.int_dtype) | quiet | 5).view(dtype)
+    near = torch.tensor([limit], dtype=dtype).view(lay.int_dtype) + torch.arange(-2, 3)
+    r = torch.cat(
+        [_random_bits(4000, dtype, seed=9), SPECIALS_F32.to(dtype), nans, near.view(dtype)]
+    ).abs()  # magnitudes: the sign bit clear (NaN too)
+    limit_bits = pattern(limit, dtype)
+    want = [
+        b if math.isnan(v) or math.isinf(v) or v <= limit else limit_bits
+        for b, v in zip(r.view(lay.int_dtype).tolist(), r.tolist(), strict=True)
+    ]
+    want_bits = torch.tensor(want, dtype=lay.int_dtype)
+    for got in _eager_and_compiled(saturate_finite, r, limit):
+        assert torch.equal(got.view(lay.int_dtype), want_bits)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_copysign_is_torch_copysign_bit_for_bit(dtype: torch.dtype) -> None:
     """Eager and compiled (where it is a where on the sign bit), NaN payloads and signs too."""
     lay = layout(dtype)
@@ -263,12 +306,8 @@ def test_copysign_is_torch_copysign_bit_for_bit(dtype: torch.dtype) -> None:
     v = torch.cat([_random_bits(3000, dtype, seed=5), specials.repeat_interleave(len(specials))])
     x = torch.cat([_random_bits(3000, dtype, seed=6), specials.repeat(len(specials))])
     want = torch.copysign(v, x).view(lay.int_dtype)
-    compiled = torch.compile(copysign, fullgraph=True, dynamic=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fused = compiled(v, x)
-    assert torch.equal(copysign(v, x).view(lay.int_dtype), want)
-    assert torch.equal(fused.view(lay.int_dtype), want)
+    for got in _eager_and_compiled(copysign, v, x):
+        assert torch.equal(got.view(lay.int_dtype), want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -9,6 +9,7 @@ or ``torch.isnan``/``isinf``, which it compiles to scalar loops (several times s
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,20 @@ def layout(dtype: torch.dtype) -> FloatLayout:
     if dtype == torch.float64:
         return FLOAT64
     raise TypeError(f"working dtype must be float32 or float64, got {dtype}")
+
+
+def pattern(value: float, dtype: torch.dtype) -> int:
+    """The bit pattern of ``value`` in ``dtype`` (float32 or float64), as a signed integer:
+    the value of ``torch.tensor(value, dtype=dtype).view(int_dtype)``, without a tensor.
+    ``value`` must be exact in dtype (NaN and ±Inf included)."""
+    lay = layout(dtype)
+    codes = ("<f", "<i") if lay is FLOAT32 else ("<d", "<q")
+    packed = struct.pack(codes[0], value)
+    (stored,) = struct.unpack(codes[0], packed)
+    if stored != value and value == value:
+        raise ValueError(f"{value!r} is not exact in {dtype}")
+    (bits,) = struct.unpack(codes[1], packed)
+    return int(bits)
 
 
 def signbit(x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from qtorch.kernels.bits import exponent, layout, ldexp, signbit
+from qtorch.kernels.bits import exponent, layout, ldexp, pattern, signbit
 from qtorch.kernels.round import (
     binades_fit,
     binades_nearest_fit,
@@ -143,19 +143,18 @@ def _round_nearest_in_binades(
     """:func:`round_float` with nearest rounding where :func:`binades_nearest_fit` allows.
 
     Every step acts on the magnitude (:func:`round_binades_nearest`), and x's sign bit is
-    put back last, by an OR: saturation before rounding (the same result, since ``limit``
-    is on the grid: ``where`` instead of a clamp, whose maximum and minimum propagate NaN),
-    overflow to ±Inf or NaN after it, the flush without subnormals; ±Inf inputs take the
-    same ``where``s as large values. Same bits as the general form.
+    put back last, by an OR: saturation (a clamp before rounding, the same result since
+    ``limit`` is on the grid; with Inf in the format, after rounding, on the bit patterns:
+    :func:`saturate_finite`), overflow to ±Inf or NaN after rounding, the flush without
+    subnormals; ±Inf inputs take the same steps as large values. Same bits as the general
+    form.
     """
     lay = layout(x.dtype)
     magnitude = x.abs()
-    if saturate or not (has_inf or has_nan):
-        if has_inf:  # ±Inf inputs stay ±Inf
-            top = torch.where(magnitude == math.inf, magnitude, limit)
-            magnitude = torch.where(magnitude > limit, top, magnitude)  # NaN stays NaN
-        else:
-            magnitude = magnitude.clamp(max=limit)  # NaN stays NaN
+    if saturate and has_inf:
+        r = saturate_finite(round_binades_nearest(magnitude, man, floor_exp, top_exp), limit)
+    elif saturate or not (has_inf or has_nan):
+        magnitude = magnitude.clamp(max=limit)  # NaN stays NaN
         r = round_binades_nearest(magnitude, man, floor_exp, top_exp)
     else:
         r = round_binades_nearest(magnitude, man, floor_exp, top_exp)
@@ -164,6 +163,28 @@ def _round_nearest_in_binades(
         r = torch.where(r < 2.0**emin, 0.0, r)
     sign = x.view(lay.int_dtype) & ~lay.magnitude_mask
     return (r.view(lay.int_dtype) | sign).view(x.dtype)
+
+
+def saturate_finite(r: torch.Tensor, limit: float) -> torch.Tensor:
+    """r with its finite values above ``limit`` set to ``limit``; +Inf and NaN stay.
+
+    r holds magnitudes (+0 and up, +Inf, NaN with the sign bit clear) and ``limit`` is a
+    positive finite value of r's dtype. Computed on the bit patterns, which order like the
+    magnitudes, +Inf above every finite one and NaN above +Inf: the patterns from +Inf's up
+    stay, the others take the integer minimum with limit's. Three vector operations; the
+    float form, ``where(r > limit, where(r == inf, r, limit), r)``, compiled to seven on
+    AVX2 (Inductor converts each comparison's mask for the blend): float(5,2) nearest's
+    loop went from 20 to 16 instructions per 8 elements. A/B (4,194,304 float32, Zen 2):
+    float(5,2) nearest 0.92-0.98 in three runs at 2 threads (wall clock), bfloat16
+    0.99-1.00; 0.99-1.00 at one thread (CPU time), where the loop waits for memory.
+    """
+    lay = layout(r.dtype)
+    bits = r.view(lay.int_dtype)
+    inf = pattern(math.inf, r.dtype)
+    # ">" rather than ">=": GCC 12.2 miscompiles an AVX2 select on an integer ">=" when
+    # AVX-512 is enabled too (docs/performance.md)
+    kept = bits > inf - 1
+    return torch.where(kept, bits, bits.clamp(max=pattern(limit, r.dtype))).view(r.dtype)
 
 
 def decode_float(
