@@ -283,7 +283,9 @@ def test_saturate_finite_clamps_finite_magnitudes_only(dtype: torch.dtype, limit
     lay = layout(dtype)
     quiet = torch.tensor([1 << (lay.mantissa_bits - 1)], dtype=lay.int_dtype)
     nans = (torch.tensor([math.inf], dtype=dtype).view(lay.int_dtype) | quiet | 5).view(dtype)
-    near = torch.tensor([limit], dtype=dtype).view(lay.int_dtype) + torch.arange(-2, 3)
+    near = torch.tensor([limit], dtype=dtype).view(lay.int_dtype) + torch.arange(-2, 3).to(
+        lay.int_dtype
+    )
     r = torch.cat(
         [_random_bits(4000, dtype, seed=9), SPECIALS_F32.to(dtype), nans, near.view(dtype)]
     ).abs()  # magnitudes: the sign bit clear (NaN too)
