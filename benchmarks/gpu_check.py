@@ -70,6 +70,7 @@ import torch
 import qtorch
 from qtorch.cli.bench import FAMILIES, family_format, median_time, resolve_formats
 from qtorch.kernels import fused
+from qtorch.rounding import Rounding
 
 SPECIALS = [0.0, -0.0, float("inf"), float("-inf"), float("nan"), 2.0**-149, -(2.0**-149)]
 SPECIALS += [2.0**-126, 3.4028234663852886e38, -3.4028234663852886e38, 1.0, -1.0, 0.5, 448.0]
@@ -350,11 +351,10 @@ def check_auto(device: torch.device, sizes: Sequence[int], log: list[dict[str, A
                     same_bits(quantize_in("auto", x, fmt, "nearest"), expected)
                     for _ in range(2 * fused.MEASURE_CALLS + 2)
                 )
-                kept_here = {
-                    path
-                    for (key, size), path in fused._faster.items()
-                    if key[0] == fmt and size == n.bit_length()
-                }
+                # this call's key only: other checks (stochastic, in place) of the same
+                # format leave their own decisions at this size
+                key = fused._key(x, fmt, Rounding.NEAREST, False, device.type)
+                kept_here = {fused._faster.get((key, n.bit_length()))} - {None}
                 times = {}
                 for mode in ("eager", "compiled"):
                     run = functools.partial(quantize_in, mode, x, fmt, "nearest")

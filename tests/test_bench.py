@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from qtorch import FixedPoint
 from qtorch.cli import bench
 from qtorch.cli.main import main as cli_main
+from qtorch.kernels import fused
+from qtorch.rounding import Rounding
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,11 +170,18 @@ def test_bench_refuses_cuda_without_a_device(
     assert "no CUDA device" in capsys.readouterr().err
 
 
-def test_gpu_check_dry_run_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+def test_gpu_check_dry_run_on_cpu(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks/gpu_check.py")
     assert spec is not None and spec.loader is not None
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
+    # An earlier test in this process may have left "auto" decisions for the same format
+    # and size class under other keys (stochastic here); the check reads its own key only
+    # (it read every key of the format, and failed when the two paths differed).
+    other = fused._key(torch.empty(3000), FixedPoint(8, 4), Rounding.STOCHASTIC, False, "cpu")
+    monkeypatch.setitem(fused._faster, (other, (3000).bit_length()), "eager")
     code = gpu_check.main(["--cpu-dry-run", "--formats", "fixed", "--size", "3000"])
     out = capsys.readouterr().out
     assert code == 0, out
