@@ -66,8 +66,11 @@ CONFIG = {
 
 
 def config_patches() -> dict[str, Any]:
-    """:data:`CONFIG` and ``cpp.simdlen``: the vector width of the instruction set Inductor
-    picks for the CPU's C++ (``ATEN_CPU_CAPABILITY`` included), unless one is set already.
+    """:data:`CONFIG`; ``post_grad_custom_post_pass`` with
+    :class:`qtorch.kernels.vector_bitcast.CacheKey` added (the code generator
+    :func:`~qtorch.kernels.vector_bitcast.register_bitcasts` patches, in the cache key); and
+    ``cpp.simdlen``: the vector width of the instruction set Inductor picks for the CPU's
+    C++ (``ATEN_CPU_CAPABILITY`` included), unless one is set already.
 
     Inductor's graph cache key holds its configuration but not that instruction set, so a
     process that picks another one (``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 CPU, or
@@ -79,10 +82,17 @@ def config_patches() -> dict[str, Any]:
     """
     from torch._inductor import config
 
-    if config.cpp.simdlen is not None:
-        return CONFIG
-    width = _picked_width()  # None on an unknown platform: Inductor's own choice, unkeyed
-    return {**CONFIG, "cpp.simdlen": width} if width else CONFIG
+    from qtorch.kernels.vector_bitcast import post_grad_passes
+
+    patches = {
+        **CONFIG,
+        "post_grad_custom_post_pass": post_grad_passes(config.post_grad_custom_post_pass),
+    }
+    if config.cpp.simdlen is None:
+        width = _picked_width()  # None on an unknown platform: Inductor's own choice, unkeyed
+        if width:
+            patches["cpp.simdlen"] = width
+    return patches
 
 
 def _picked_width() -> int | None:
@@ -194,9 +204,12 @@ class Capture:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
         from torch._inductor.compile_fx import compile_fx
 
-        # a callable here (the str / list / Weights results are for ahead-of-time mode)
+        from qtorch.kernels.vector_bitcast import register_bitcasts
+
         patches = config_patches()
-        fn = cast(Callable[..., Any], compile_fx(gm, example_inputs, config_patches=patches))
+        with register_bitcasts():
+            # a callable here (the str / list / Weights results are for ahead-of-time mode)
+            fn = cast(Callable[..., Any], compile_fx(gm, example_inputs, config_patches=patches))
         captured = plan(gm, fn)
         self.graphs.append(captured)
         if captured is None:

@@ -1,0 +1,176 @@
+"""Register bit casts in Inductor's C++ vector code (qtorch.kernels.vector_bitcast).
+
+While qtorch compiles, one-vector casts between float32 and int32 (float64 and int64) are
+generated as ``at::vec::cast``; other casts keep Inductor's code; the user's own compiles
+are left alone; and the code generator is part of the cache key. Every compiled result
+is checked against the same function run eagerly, bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from edge_cases import bits_equal, random_float32
+
+import qtorch
+from qtorch.cli.bench import family_format
+from qtorch.kernels import compiled_call, vector_bitcast
+from qtorch.rounding import Rounding
+
+REGISTER_CAST = "at::vec::cast<"
+
+#: Dynamo's own note when a compile here skips the caches (to see the generated code), and
+#: a deprecation that torch's first plain ``torch.compile`` in a process raises in torch
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled"),
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated"),
+]
+
+
+def _vectorizes() -> bool:
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    return bool(pick_vec_isa())
+
+
+needs_vectors = pytest.mark.skipif(
+    not _vectorizes(), reason="Inductor writes no vector C++ for this CPU"
+)
+
+
+def _code(fn: Callable[..., Any], *args: torch.Tensor) -> tuple[Any, str]:
+    """fn compiled with Inductor (no cache), its result and its generated code."""
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    with config.patch(force_disable_caches=True):
+        result, code = run_and_get_code(torch.compile(fn, backend="inductor"), *args)
+    return result, "\n".join(code)
+
+
+def _exponent_f32(x: torch.Tensor) -> torch.Tensor:
+    return (x.view(torch.int32) & 0x7F800000).view(torch.float32) * x
+
+
+def _exponent_f32_again(x: torch.Tensor) -> torch.Tensor:  # a code object of its own
+    return (x.view(torch.int32) & 0x7F800000).view(torch.float32) * x
+
+
+def _mixed(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A float64 bit cast in a kernel that steps by float32 vectors (several per value)."""
+    magnitude = (y.view(torch.int64) & 0x7FFFFFFFFFFFFFFF).view(torch.float64)
+    return magnitude.to(torch.float32) + (x.view(torch.int32) | 1).view(torch.float32)
+
+
+def _exponent_f64(y: torch.Tensor) -> torch.Tensor:
+    return (y.view(torch.int64) & 0x7FF0000000000000).view(torch.float64) * y
+
+
+def _values64(n: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(64)
+    return torch.randn(n, generator=gen, dtype=torch.float64) * 1e3
+
+
+@needs_vectors
+def test_one_vector_casts_become_register_casts() -> None:
+    x = random_float32(1003)
+    with vector_bitcast.register_bitcasts():
+        result, code = _code(_exponent_f32, x)
+    assert "at::vec::cast<int32_t>(" in code and "at::vec::cast<float>(" in code, code
+    assert bits_equal(result, _exponent_f32(x))
+
+
+@needs_vectors
+def test_float64_casts_and_casts_of_several_vectors() -> None:
+    x, y = random_float32(1001), _values64(1001)
+    with vector_bitcast.register_bitcasts():
+        mixed, _ = _code(_mixed, x, y)
+        wide, code = _code(_exponent_f64, y)
+    assert bits_equal(mixed, _mixed(x, y))
+    assert bits_equal(wide, _exponent_f64(y))
+    assert "at::vec::cast<int64_t>(" in code, code
+
+
+@needs_vectors
+def test_the_users_own_compiles_keep_inductors_code() -> None:
+    """Outside qtorch's compiles, Inductor's code generator is its own again (if Inductor
+    ever writes vector bit casts itself, this module has done its job and can go)."""
+    from torch._inductor.codegen.cpp import CppVecOverrides
+
+    before = CppVecOverrides.__dict__["to_dtype_bitcast"]
+    fmt = dataclasses.replace(family_format("float(5,2)"), exp=4)  # a kernel of its own
+    x = random_float32(2001)
+    with qtorch.kernel_mode("compiled"):
+        qtorch.quantize(x, fmt, "nearest")
+    assert CppVecOverrides.__dict__["to_dtype_bitcast"] is before
+    result, code = _code(_exponent_f32_again, x)
+    assert REGISTER_CAST not in code
+    assert bits_equal(result, _exponent_f32_again(x))
+
+
+@needs_vectors
+def test_qtorch_kernels_are_generated_with_register_casts() -> None:
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    fmt = dataclasses.replace(family_format("float(5,2)"), exp=6)  # a kernel of its own
+    x = random_float32(3001)
+    with qtorch.kernel_mode("compiled"), config.patch(force_disable_caches=True):
+        result, code = run_and_get_code(qtorch.quantize, x, fmt, "nearest")
+    assert any(REGISTER_CAST in source for source in code), code
+    with qtorch.kernel_mode("eager"):
+        assert bits_equal(result, qtorch.quantize(x, fmt, Rounding.NEAREST))
+
+
+def test_nested_uses_restore_the_code_generator_once() -> None:
+    from torch._inductor.codegen.cpp import CppVecOverrides
+
+    original = CppVecOverrides.__dict__["to_dtype_bitcast"]
+    with vector_bitcast.register_bitcasts():
+        patched = CppVecOverrides.__dict__["to_dtype_bitcast"]
+        assert patched is not original
+        with vector_bitcast.register_bitcasts():
+            assert CppVecOverrides.__dict__["to_dtype_bitcast"] is patched
+        assert CppVecOverrides.__dict__["to_dtype_bitcast"] is patched
+    assert CppVecOverrides.__dict__["to_dtype_bitcast"] is original
+
+
+def test_the_code_generator_is_in_the_cache_key() -> None:
+    """qtorch's configuration adds the key pass after the user's own post-grad passes, and
+    the pass leaves a graph as it is."""
+    from torch._inductor import config
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class UsersPass(CustomGraphPass):
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            return None
+
+        def uuid(self) -> str:
+            return "the user's"
+
+    passes = compiled_call.config_patches()["post_grad_custom_post_pass"]
+    assert [type(p) for p in passes] == [vector_bitcast.CacheKey]
+    users = UsersPass()
+    with config.patch(post_grad_custom_post_pass=users):
+        first, key = compiled_call.config_patches()["post_grad_custom_post_pass"]
+    assert first is users and isinstance(key, vector_bitcast.CacheKey)
+    assert key.uuid() == vector_bitcast.CacheKey().uuid() != users.uuid()
+
+    graph = torch.fx.symbolic_trace(_exponent_f32).graph
+    before = [(n.op, n.target, n.args) for n in graph.nodes]
+    key(graph)
+    assert [(n.op, n.target, n.args) for n in graph.nodes] == before
+
+
+def test_an_unexpected_code_generator_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch whose scalar bit cast takes other arguments keeps its own vector code."""
+    from torch._inductor.codegen.cpp import CppOverrides, CppVecOverrides
+
+    original = CppVecOverrides.__dict__["to_dtype_bitcast"]
+    monkeypatch.setattr(CppOverrides, "to_dtype_bitcast", staticmethod(lambda x, dtype: x))
+    with vector_bitcast.register_bitcasts():
+        assert CppVecOverrides.__dict__["to_dtype_bitcast"] is original
