@@ -140,8 +140,8 @@ def test_nested_uses_restore_the_code_generator_once() -> None:
 
 
 def test_the_code_generator_is_in_the_cache_key() -> None:
-    """qtorch's configuration adds the key pass after the user's own post-grad passes, and
-    the pass leaves a graph as it is."""
+    """qtorch's configuration sets the key pass, which leaves a graph as it is; where the
+    user has a post-grad pass of their own, it stays and the casts are Inductor's."""
     from torch._inductor import config
     from torch._inductor.custom_graph_pass import CustomGraphPass
 
@@ -152,18 +152,49 @@ def test_the_code_generator_is_in_the_cache_key() -> None:
         def uuid(self) -> str:
             return "the user's"
 
-    passes = compiled_call.config_patches()["post_grad_custom_post_pass"]
-    assert [type(p) for p in passes] == [vector_bitcast.CacheKey]
+    key = compiled_call.config_patches()["post_grad_custom_post_pass"]
+    assert isinstance(key, vector_bitcast.CacheKey)
+    assert key.uuid() == vector_bitcast.CacheKey().uuid() != UsersPass().uuid()
+    assert compiled_call.bitcasts() is vector_bitcast
+
     users = UsersPass()
     with config.patch(post_grad_custom_post_pass=users):
-        first, key = compiled_call.config_patches()["post_grad_custom_post_pass"]
-    assert first is users and isinstance(key, vector_bitcast.CacheKey)
-    assert key.uuid() == vector_bitcast.CacheKey().uuid() != users.uuid()
+        assert "post_grad_custom_post_pass" not in compiled_call.config_patches()
+        assert compiled_call.bitcasts() is None
 
     graph = torch.fx.symbolic_trace(_exponent_f32).graph
     before = [(n.op, n.target, n.args) for n in graph.nodes]
     key(graph)
     assert [(n.op, n.target, n.args) for n in graph.nodes] == before
+
+
+@needs_vectors
+def test_a_users_post_grad_pass_keeps_inductors_casts() -> None:
+    from torch._inductor import config
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+    from torch._inductor.utils import run_and_get_code
+
+    calls = []
+
+    class UsersPass(CustomGraphPass):
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            calls.append(graph)
+
+        def uuid(self) -> str:
+            return "the user's, counting"
+
+    fmt = dataclasses.replace(family_format("float(5,2)"), exp=3)  # a kernel of its own
+    x = random_float32(4001)
+    with (
+        qtorch.kernel_mode("compiled"),
+        config.patch(force_disable_caches=True, post_grad_custom_post_pass=UsersPass()),
+    ):
+        result, code = run_and_get_code(qtorch.quantize, x, fmt, "nearest")
+    assert calls, "the user's pass ran on qtorch's graph"
+    source = "\n".join(code)
+    assert "c10::bit_cast" in source and REGISTER_CAST not in source, source
+    with qtorch.kernel_mode("eager"):
+        assert bits_equal(result, qtorch.quantize(x, fmt, Rounding.NEAREST))
 
 
 def test_an_unexpected_code_generator_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:

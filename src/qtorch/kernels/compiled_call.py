@@ -29,6 +29,7 @@ CUDA code, which runs on the device index it was compiled for.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Callable, Hashable, Sequence
@@ -66,11 +67,11 @@ CONFIG = {
 
 
 def config_patches() -> dict[str, Any]:
-    """:data:`CONFIG`; ``post_grad_custom_post_pass`` with
-    :class:`qtorch.kernels.vector_bitcast.CacheKey` added (the code generator
-    :func:`~qtorch.kernels.vector_bitcast.register_bitcasts` patches, in the cache key); and
-    ``cpp.simdlen``: the vector width of the instruction set Inductor picks for the CPU's
-    C++ (``ATEN_CPU_CAPABILITY`` included), unless one is set already.
+    """:data:`CONFIG`; ``post_grad_custom_post_pass``: the
+    :class:`~qtorch.kernels.vector_bitcast.CacheKey` of the register bit casts, where they
+    apply (:func:`bitcasts`); and ``cpp.simdlen``: the vector width of the instruction set
+    Inductor picks for the CPU's C++ (``ATEN_CPU_CAPABILITY`` included), unless one is set
+    already.
 
     Inductor's graph cache key holds its configuration but not that instruction set, so a
     process that picks another one (``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 CPU, or
@@ -82,17 +83,31 @@ def config_patches() -> dict[str, Any]:
     """
     from torch._inductor import config
 
-    from qtorch.kernels.vector_bitcast import post_grad_passes
-
-    patches = {
-        **CONFIG,
-        "post_grad_custom_post_pass": post_grad_passes(config.post_grad_custom_post_pass),
-    }
+    patches: dict[str, Any] = dict(CONFIG)
+    casts = bitcasts()
+    if casts is not None:
+        patches["post_grad_custom_post_pass"] = casts.CacheKey()
     if config.cpp.simdlen is None:
         width = _picked_width()  # None on an unknown platform: Inductor's own choice, unkeyed
         if width:
             patches["cpp.simdlen"] = width
     return patches
+
+
+def bitcasts() -> Any:
+    """:mod:`qtorch.kernels.vector_bitcast` where qtorch's compiles use it; None where this
+    torch's Inductor has no custom graph passes to key it with (older releases), or where
+    the user has set a ``post_grad_custom_post_pass`` of their own (the key would replace
+    that pass): there Inductor's own code is generated."""
+    from torch._inductor import config
+
+    if config.post_grad_custom_post_pass is not None:
+        return None
+    try:
+        from qtorch.kernels import vector_bitcast
+    except ImportError:
+        return None
+    return vector_bitcast
 
 
 def _picked_width() -> int | None:
@@ -204,10 +219,9 @@ class Capture:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
         from torch._inductor.compile_fx import compile_fx
 
-        from qtorch.kernels.vector_bitcast import register_bitcasts
-
+        casts = bitcasts()
         patches = config_patches()
-        with register_bitcasts():
+        with casts.register_bitcasts() if casts is not None else contextlib.nullcontext():
             # a callable here (the str / list / Weights results are for ahead-of-time mode)
             fn = cast(Callable[..., Any], compile_fx(gm, example_inputs, config_patches=patches))
         captured = plan(gm, fn)

@@ -28,11 +28,15 @@ Scope. :class:`qtorch.kernels.compiled_call.Capture` compiles qtorch's kernels i
 :func:`register_bitcasts`. Inductor's code generator is restored when the last compile
 leaves it (a count under a lock, for threads that compile at once), so the user's own
 ``torch.compile`` calls get Inductor's code (one that compiles in another thread during a
-qtorch compile gets the register casts: the same bits). Generated code is cached under a key that
-does not see this change, so qtorch's compiles also add :class:`CacheKey`, a post-grad
-pass that does nothing but name this module's source: a kernel cached without the
-register casts (or by another version of them) is not served in their place. This module
-imports Inductor; :mod:`qtorch.kernels.compiled_call` imports it when it first compiles.
+qtorch compile gets the register casts: the same bits). Generated code is cached under a
+key that does not see this change, so qtorch's compiles also set :class:`CacheKey` as
+Inductor's ``post_grad_custom_post_pass``: a pass that does nothing but name this
+module's source, so that a kernel cached without the register casts (or by another
+version of them) is not served in their place. This module imports Inductor's custom
+passes, which older torch releases lack; :func:`qtorch.kernels.compiled_call.bitcasts`
+imports it when qtorch first compiles, and leaves Inductor's code alone where that import
+fails or where the user has set a post-grad pass of their own, which the key would
+replace.
 """
 
 from __future__ import annotations
@@ -44,13 +48,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch._inductor.custom_graph_pass import (
-    CustomGraphPass,
-    get_custom_graph_passes,
-    get_hash_for_files,
-)
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-__all__ = ["CacheKey", "post_grad_passes", "register_bitcasts", "vector_bitcast"]
+__all__ = ["CacheKey", "register_bitcasts", "vector_bitcast"]
 
 #: The casts made in registers: (source, destination) dtypes of one width.
 _SAME_WIDTH = {
@@ -145,9 +145,3 @@ class CacheKey(CustomGraphPass):
 
     def uuid(self) -> bytes:
         return get_hash_for_files((__file__,), "qtorch.kernels.vector_bitcast")
-
-
-def post_grad_passes(current: Any) -> tuple[Any, ...]:
-    """Inductor's ``post_grad_custom_post_pass`` setting ``current`` with :class:`CacheKey`
-    added after any passes it holds."""
-    return (*get_custom_graph_passes(current), CacheKey())
