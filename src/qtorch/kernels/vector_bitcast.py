@@ -13,9 +13,10 @@ instruction set (``vec_base.h``; a register cast on AVX2 and AVX-512 from int to
 elsewhere one full-width store and load, which the store buffer forwards). A value held in
 two vectors (float64 in a kernel that steps by as many lanes as float32 does, float32 next
 to float16) is cast vector by vector. Other widths, and values of more vectors, keep
-Inductor's code. A bit cast has one answer, so the bits are the same; every compiled
-kernel is also checked against the eager path on its first call
-(:mod:`qtorch.kernels.verify`) and in the tests.
+Inductor's code. A bit cast has one answer, so the bits are the same (NaN payloads, ±Inf,
+±0 and subnormals pass through as the patterns they are); every compiled kernel is also
+checked against the eager path on its first call (:mod:`qtorch.kernels.verify`) and in
+the tests.
 
 Measured on a 2-core AMD EPYC (Zen 2, AVX2, 16 MiB L3), 4,194,304 float32, 2 threads,
 ``benchmarks/bench.py --path fused``, three runs each way alternating (fresh Inductor
