@@ -1,9 +1,10 @@
 """Register bit casts in Inductor's C++ vector code (qtorch.kernels.vector_bitcast).
 
-While qtorch compiles, one-vector casts between float32 and int32 (float64 and int64) are
-generated as ``at::vec::cast``; other casts keep Inductor's code; the user's own compiles
-are left alone; and the code generator is part of the cache key. Every compiled result
-is checked against the same function run eagerly, bit for bit.
+While qtorch compiles, casts between float32 and int32 (float64 and int64) held in one or
+two vectors are generated as ``at::vec::cast``; other casts keep Inductor's code; the
+user's own compiles, and qtorch's under a post-grad pass of the user's, keep Inductor's
+code; and the code generator is part of the cache key. Every compiled result is checked
+against the same function run eagerly, bit for bit.
 """
 
 from __future__ import annotations
