@@ -6,8 +6,7 @@ full tensor must equal ``quantize(x.full_tensor())`` bit for bit, the same seed 
 every rank; so must a ``Partial`` DTensor's rounding (its pending sum), and a 2-D mesh's.
 The full tensor's rounding by the plain-tensor path is the reference (it is checked against
 independent oracles elsewhere); NaN payloads aside, as between the eager and compiled paths
-(the compiled kernels of fixed point, float and block formats return NaN with all payload
-bits set, the eager kernels the input NaN quieted, and some parts are rounded eagerly).
+in a few cases (see qtorch.kernels.vector_clamp; some parts are rounded eagerly).
 Before, stochastic rounding and codebooks raised on DTensors, and posits and block floating
 point gave other numbers.
 """

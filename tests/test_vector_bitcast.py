@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 from edge_cases import bits_equal, random_float32
+from inductor_code import COMPILE_NOTES, needs_vectors
 
 import qtorch
 from qtorch.cli.bench import family_format
@@ -24,23 +25,7 @@ from qtorch.rounding import Rounding
 
 REGISTER_CAST = "at::vec::cast<"
 
-#: Dynamo's own note when a compile here skips the caches (to see the generated code), and
-#: a deprecation that torch's first plain ``torch.compile`` in a process raises in torch
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated"),
-]
-
-
-def _vectorizes() -> bool:
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
-
-    return bool(pick_vec_isa())
-
-
-needs_vectors = pytest.mark.skipif(
-    not _vectorizes(), reason="Inductor writes no vector C++ for this CPU"
-)
+pytestmark = COMPILE_NOTES
 
 
 def _code(fn: Callable[..., Any], *args: torch.Tensor) -> tuple[Any, str]:

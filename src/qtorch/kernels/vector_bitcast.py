@@ -54,6 +54,9 @@ from typing import Any
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
+from qtorch.kernels import vector_clamp
+from qtorch.kernels.vector_clamp import constant_clamp
+
 __all__ = ["CacheKey", "register_bitcasts", "vector_bitcast"]
 
 #: The casts made in registers: (source, destination) dtypes of one width.
@@ -66,7 +69,8 @@ _SAME_WIDTH = {
 
 _lock = threading.Lock()
 _active = 0
-_original: Any = None
+#: Inductor's own functions, while patched
+_original: dict[str, Any] = {}
 
 
 def vector_bitcast(fallback: Callable[..., Any]) -> Callable[..., Any]:
@@ -101,10 +105,12 @@ def vector_bitcast(fallback: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextmanager
 def register_bitcasts() -> Iterator[None]:
-    """Inside this block, Inductor generates the bit casts of :func:`vector_bitcast`.
+    """Inside this block, Inductor generates the bit casts of :func:`vector_bitcast` and the
+    clamps against constants of :func:`qtorch.kernels.vector_clamp.constant_clamp`.
 
     Where this torch's Inductor has no C++ vector code generator of the expected form (a
-    scalarized ``to_dtype_bitcast(x, dtype, src_dtype)``), nothing changes.
+    scalarized ``to_dtype_bitcast(x, dtype, src_dtype)``; static ``maximum`` and
+    ``minimum``), that part does not change.
     """
     global _active, _original
     try:
@@ -114,20 +120,29 @@ def register_bitcasts() -> Iterator[None]:
         return
     with _lock:
         if _active == 0:
+            _original = {}
             current = CppVecOverrides.__dict__.get("to_dtype_bitcast")
             if isinstance(current, staticmethod) and _expected(CppOverrides):
-                _original = current
+                _original["to_dtype_bitcast"] = current
                 patched = staticmethod(vector_bitcast(current.__func__))
                 CppVecOverrides.to_dtype_bitcast = patched  # type: ignore[method-assign]
+            for name, kind in (("maximum", "min"), ("minimum", "max")):
+                current = CppVecOverrides.__dict__.get(name)
+                if isinstance(current, staticmethod):
+                    _original[name] = current
+                    setattr(
+                        CppVecOverrides, name, staticmethod(constant_clamp(kind, current.__func__))
+                    )
         _active += 1
     try:
         yield
     finally:
         with _lock:
             _active -= 1
-            if _active == 0 and _original is not None:
-                CppVecOverrides.to_dtype_bitcast = _original  # type: ignore[method-assign]
-                _original = None
+            if _active == 0:
+                for name, original in _original.items():
+                    setattr(CppVecOverrides, name, original)
+                _original = {}
 
 
 def _expected(scalar_overrides: Any) -> bool:
@@ -141,11 +156,14 @@ def _expected(scalar_overrides: Any) -> bool:
 
 
 class CacheKey(CustomGraphPass):
-    """A post-grad pass that leaves the graph as it is and puts this module's source (its
-    hash: ``uuid``) in Inductor's cache key."""
+    """A post-grad pass that leaves the graph as it is and puts the source of this module
+    and of :mod:`qtorch.kernels.vector_clamp` (their hash: ``uuid``) in Inductor's cache
+    key."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         return None
 
     def uuid(self) -> bytes:
-        return get_hash_for_files((__file__,), "qtorch.kernels.vector_bitcast")
+        return get_hash_for_files(
+            (__file__, vector_clamp.__file__), "qtorch.kernels.vector_bitcast"
+        )
