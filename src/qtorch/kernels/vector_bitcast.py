@@ -32,15 +32,16 @@ Scope. :class:`qtorch.kernels.compiled_call.Capture` compiles qtorch's kernels i
 :func:`register_bitcasts`. Inductor's code generator is restored when the last compile
 leaves it (a count under a lock, for threads that compile at once), so the user's own
 ``torch.compile`` calls get Inductor's code (one that compiles in another thread during a
-qtorch compile gets the register casts: the same bits). Generated code is cached under a
+qtorch compile gets the register casts, the same bits, and the clamps of
+:mod:`qtorch.kernels.vector_clamp`, eager's NaN bits). Generated code is cached under a
 key that does not see this change, so qtorch's compiles also set :class:`CacheKey` as
-Inductor's ``post_grad_custom_post_pass``: a pass that does nothing but name this
-module's source, so that a kernel cached without the register casts (or by another
-version of them) is not served in their place. This module imports Inductor's custom
-passes, which older torch releases lack; :func:`qtorch.kernels.compiled_call.bitcasts`
-imports it when qtorch first compiles, and leaves Inductor's code alone where that import
-fails or where the user has set a post-grad pass of their own, which the key would
-replace.
+Inductor's ``post_grad_custom_post_pass``: a pass that does nothing but name the source of
+this module and of :mod:`qtorch.kernels.vector_clamp`, so that a kernel cached without
+these changes (or with another version of them) is not served in their place. This module
+imports Inductor's custom passes, which older torch releases lack;
+:func:`qtorch.kernels.compiled_call.bitcasts` imports it when qtorch first compiles, and
+leaves Inductor's code alone where that import fails or where the user has set a
+post-grad pass of their own, which the key would replace.
 """
 
 from __future__ import annotations
