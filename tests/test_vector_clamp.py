@@ -50,7 +50,7 @@ def _with_nans(x: torch.Tensor, every: int = 7) -> torch.Tensor:
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Every bit of every element equal (NaN payloads and signs included)."""
-    ints = {torch.float64: torch.int64, torch.float32: torch.int32}
+    ints = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16}
     return a.dtype == b.dtype and torch.equal(a.view(ints[a.dtype]), b.view(ints[b.dtype]))
 
 
@@ -125,8 +125,7 @@ def test_compiled_nans_are_the_eager_nans(spec: str, rounding: str, dtype: torch
             results.append(qtorch.quantize(x, fmt, rounding, generator=gen))
     eager, compiled = results
     assert torch.isnan(eager).sum() > 500
-    ints = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16}
-    assert torch.equal(eager.view(ints[dtype]), compiled.view(ints[dtype]))
+    assert _same_bits(eager, compiled)
 
 
 def test_the_patched_functions_keep_inductors_names() -> None:

@@ -68,10 +68,10 @@ CONFIG = {
 
 def config_patches() -> dict[str, Any]:
     """:data:`CONFIG`; ``post_grad_custom_post_pass``: the
-    :class:`~qtorch.kernels.vector_bitcast.CacheKey` of the register bit casts, where they
-    apply (:func:`bitcasts`); and ``cpp.simdlen``: the vector width of the instruction set
-    Inductor picks for the CPU's C++ (``ATEN_CPU_CAPABILITY`` included), unless one is set
-    already.
+    :class:`~qtorch.kernels.vector_bitcast.CacheKey` of the register bit casts and the
+    constant clamps, where they apply (:func:`bitcasts`); and ``cpp.simdlen``: the vector
+    width of the instruction set Inductor picks for the CPU's C++ (``ATEN_CPU_CAPABILITY``
+    included), unless one is set already.
 
     Inductor's graph cache key holds its configuration but not that instruction set, so a
     process that picks another one (``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 CPU, or
@@ -95,7 +95,8 @@ def config_patches() -> dict[str, Any]:
 
 
 def bitcasts() -> Any:
-    """:mod:`qtorch.kernels.vector_bitcast` where qtorch's compiles use it; None where this
+    """:mod:`qtorch.kernels.vector_bitcast` (the register bit casts, and the clamps of
+    :mod:`qtorch.kernels.vector_clamp`) where qtorch's compiles use it; None where this
     torch's Inductor has no custom graph passes to key it with (older releases), or where
     the user has set a ``post_grad_custom_post_pass`` of their own (the key would replace
     that pass): there Inductor's own code is generated."""

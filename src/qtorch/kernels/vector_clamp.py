@@ -100,12 +100,9 @@ def _is_literal(var: Any) -> bool:
     table = getattr(getattr(V.kernel, "cse", None), "_cache", None)
     if not isinstance(table, dict):
         return False
-    code = {id(v): k for k, v in table.items() if isinstance(k, str)}
-    expr = code.get(id(var))
-    if expr is None:
-        return False
-    broadcast = _BROADCAST.fullmatch(expr)
+    code = {str(v): k for k, v in table.items() if isinstance(k, str)}  # name -> expression
+    expr = code.get(str(var))
+    broadcast = _BROADCAST.fullmatch(expr) if expr is not None else None
     if broadcast is not None:
-        names = {str(v): k for k, v in table.items() if isinstance(k, str)}
-        expr = names.get(broadcast.group(1))
+        expr = code.get(broadcast.group(1))
     return expr is not None and _LITERAL.fullmatch(expr) is not None
