@@ -145,6 +145,38 @@ def test_random_bit_patterns_per_row(mode: Rounding) -> None:
     assert bits_equal(quantize(x, fmt, mode), reference(x, fmt, mode))
 
 
+def _reference_stochastic(values: list[float], noise: list[float], wl: int) -> list[float]:
+    """One float32 block rounded stochastically with the given noise: up where the noise
+    is below the exact fraction of |v| / step (so a nonzero v far below the step rounds up
+    only with noise 0)."""
+    top = max(abs(Fraction(v)) for v in values)
+    if top == 0:
+        return list(values)
+    step = Fraction(2) ** (math.frexp(top)[1] - 1 + 2 - wl)
+    out = []
+    for v, u in zip(values, noise, strict=True):
+        scaled = abs(Fraction(v)) / step
+        k = min(2 ** (wl - 1) - 1, math.floor(scaled) + (Fraction(u) < scaled % 1))
+        out.append(math.copysign(float(k * step), v))
+    return out
+
+
+@pytest.mark.parametrize("wl", [3, 6, 12])
+def test_stochastic_with_given_noise_matches_fractions(wl: int) -> None:
+    """Rows of random bit patterns (elements far below their row's step, whose scaled
+    magnitude underflows, included), with noise of 0 at every fifth element."""
+    x = random_float32(700, seed=wl, finite=True)[:600].reshape(50, 12)
+    x[::7, ::3] = 0.0
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(wl))
+    noise.view(-1)[::5] = 0.0
+    fmt = BlockFloatingPoint(wl, dim=0)
+    got = fmt.quantize_kernel(x, Rounding.STOCHASTIC, noise)
+    rows = [
+        _reference_stochastic(x[i].tolist(), noise[i].tolist(), wl) for i in range(x.shape[0])
+    ]
+    assert bits_equal(got, torch.tensor(rows, dtype=torch.float32))
+
+
 @pytest.mark.parametrize("mode", DETERMINISTIC)
 def test_subnormal_blocks(mode: Rounding) -> None:
     x = torch.tensor([[2.0**-149, -(2.0**-148), 3 * 2.0**-149], [2.0**-130, 2.0**-140, 0.0]])

@@ -10,7 +10,15 @@ from collections.abc import Sequence
 
 import torch
 
-from qtorch.kernels.bits import copysign, exponent, layout, pow2, signbit
+from qtorch.kernels.bits import (
+    compiled_without_graph,
+    copysign,
+    exponent,
+    flip_sign,
+    layout,
+    pow2,
+    signbit,
+)
 from qtorch.kernels.compiled_call import int_loads_copy
 from qtorch.kernels.fixed import largest_grid_value
 from qtorch.kernels.per_block import stored
@@ -115,7 +123,8 @@ def quantize_block(
     two, so the scale may lie outside the dtype's exponent range), rounded, clamped and
     scaled back. A scaled magnitude may underflow, but only far below 2**-(p + 8) (p the
     dtype's fraction bits), where every mode rounds it as it rounds 2**-(p + 8) (the noise
-    is coarser), so that value stands in for a magnitude that became zero.
+    is coarser), so that value (or |x| itself, if smaller) stands in for a magnitude that
+    became zero.
 
     >>> quantize_block(torch.tensor([1.0, 0.3, -0.7]), 4, -1, Rounding.NEAREST)
     tensor([ 1.0000,  0.2500, -0.7500])
@@ -139,12 +148,14 @@ def quantize_block(
     magnitude = x.abs() * down_1 * down_2
     if rounding in (Rounding.STOCHASTIC, Rounding.DOWN, Rounding.UP):
         # an underflowed (to zero) magnitude rounds like any magnitude below the noise's
-        # resolution: stand in 2**-(p + 8) for it
+        # resolution: stand in min(|x|, 2**-(p + 8)) for it, which is 0 only for a zero x
+        # (one comparison and a clamp: A/B 0.99 with the sign below, same bits)
         tiny = 2.0 ** -(lay.mantissa_bits + 8)
-        magnitude = torch.where((magnitude == 0) & (x != 0), tiny, magnitude)
+        magnitude = torch.where(magnitude == 0, x.abs().clamp(max=tiny), magnitude)
     k = round_integer(magnitude, rounding, signbit(x), noise)
     # 2**(wl-1) - 1, or the largest dtype value below it when the dtype cannot hold that:
     # then the step is finer than the ulp of the block's top binade, the only elements the
     # clamp can touch, so they were not rounded and the clamp changes nothing
     k = k.clamp(max=largest_grid_value((1 << (wl - 1)) - 1, 0, x.dtype))
-    return copysign(k * up_1 * up_2, x)
+    q = k * up_1 * up_2  # +0 or more, or +NaN: copysign's |q| is q itself
+    return flip_sign(q, x) if compiled_without_graph(x) else copysign(q, x)
