@@ -96,11 +96,16 @@ def api(
     return run
 
 
+#: The integer dtype of each float dtype's width, to compare bit patterns.
+_BITS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+
+
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal bit patterns, any NaN equal to any NaN."""
     nan = torch.isnan(a) & torch.isnan(b)
     a, b = torch.where(nan, 0.0, a), torch.where(nan, 0.0, b)
-    return bool(torch.equal(a.view(torch.int32), b.view(torch.int32)))
+    bits = _BITS[a.element_size()]
+    return bool(torch.equal(a.view(bits), b.view(bits)))
 
 
 def compare(
@@ -135,7 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base", default="HEAD", help="git revision to compare with")
     parser.add_argument("--formats", nargs="+", default=["fixed", "float", "posit"])
     parser.add_argument("--rounding", choices=("nearest", "stochastic", "both"), default="both")
-    parser.add_argument("--size", type=int, default=4_194_304, help="float32 elements")
+    parser.add_argument("--size", type=int, default=4_194_304, help="elements")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64", "float16", "bfloat16"),
+        default="float32",
+        help="x's dtype (float16 and bfloat16 with --api, which rounds them in float32)",
+    )
     parser.add_argument("--pairs", type=int, default=15, help="timed pairs per format")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timer", choices=("cpu", "wall"), default="cpu")
@@ -148,11 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock = time.thread_time if args.timer == "cpu" else time.perf_counter
     roundings = ("nearest", "stochastic") if args.rounding == "both" else (args.rounding,)
     x = torch.randn(args.size, generator=torch.Generator().manual_seed(args.size))
+    x = x.to(getattr(torch, args.dtype))
     seed = torch.tensor(12345)
     with tempfile.TemporaryDirectory() as tmp:
         base_pkg = import_base(args.base, Path(tmp))
         print(
-            f"new=working tree base={args.base} size={args.size} float32 threads={args.threads} "
+            f"new=working tree base={args.base} size={args.size} {args.dtype} "
+            f"threads={args.threads} "
             f"timer={args.timer} "
             f"path={'api ' if args.api else ''}{'eager' if args.eager else 'compiled'} "
             f"pairs={args.pairs}"
