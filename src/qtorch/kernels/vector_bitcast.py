@@ -32,11 +32,13 @@ Scope. :class:`qtorch.kernels.compiled_call.Capture` compiles qtorch's kernels i
 :func:`register_bitcasts`. Inductor's code generator is restored when the last compile
 leaves it (a count under a lock, for threads that compile at once), so the user's own
 ``torch.compile`` calls get Inductor's code (one that compiles in another thread during a
-qtorch compile gets the register casts, the same bits, and the clamps of
-:mod:`qtorch.kernels.vector_clamp`, eager's NaN bits). Generated code is cached under a
-key that does not see this change, so qtorch's compiles also set :class:`CacheKey` as
+qtorch compile gets the register casts, the same bits, the clamps of
+:mod:`qtorch.kernels.vector_clamp`, eager's NaN bits, and the logical shifts of
+:mod:`qtorch.kernels.vector_shift`, the same bits). Generated code is cached under a key
+that does not see this change, so qtorch's compiles also set :class:`CacheKey` as
 Inductor's ``post_grad_custom_post_pass``: a pass that does nothing but name the source of
-this module and of :mod:`qtorch.kernels.vector_clamp`, so that a kernel cached without
+this module, :mod:`qtorch.kernels.vector_clamp` and :mod:`qtorch.kernels.vector_shift`,
+so that a kernel cached without
 these changes (or with another version of them) is not served in their place. This module
 imports Inductor's custom passes, which older torch releases lack;
 :func:`qtorch.kernels.compiled_call.bitcasts` imports it when qtorch first compiles, and
@@ -55,8 +57,9 @@ from typing import Any
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from qtorch.kernels import vector_clamp
+from qtorch.kernels import vector_clamp, vector_shift
 from qtorch.kernels.vector_clamp import constant_clamp
+from qtorch.kernels.vector_shift import logical_shift
 
 __all__ = ["CacheKey", "register_bitcasts", "vector_bitcast"]
 
@@ -106,12 +109,13 @@ def vector_bitcast(fallback: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextmanager
 def register_bitcasts() -> Iterator[None]:
-    """Inside this block, Inductor generates the bit casts of :func:`vector_bitcast` and the
-    clamps against constants of :func:`qtorch.kernels.vector_clamp.constant_clamp`.
+    """Inside this block, Inductor generates the bit casts of :func:`vector_bitcast`, the
+    clamps against constants of :func:`qtorch.kernels.vector_clamp.constant_clamp` and the
+    logical shifts of :func:`qtorch.kernels.vector_shift.logical_shift`.
 
     Where this torch's Inductor has no C++ vector code generator of the expected form (a
-    scalarized ``to_dtype_bitcast(x, dtype, src_dtype)``; static ``maximum`` and
-    ``minimum``), that part does not change.
+    scalarized ``to_dtype_bitcast(x, dtype, src_dtype)``; static ``maximum``, ``minimum``
+    and ``bitwise_and``), that part does not change.
     """
     global _active, _original
     try:
@@ -127,6 +131,11 @@ def register_bitcasts() -> Iterator[None]:
                 _original["to_dtype_bitcast"] = current
                 patched = staticmethod(vector_bitcast(current.__func__))
                 CppVecOverrides.to_dtype_bitcast = patched  # type: ignore[method-assign]
+            current = CppVecOverrides.__dict__.get("bitwise_and")
+            if isinstance(current, staticmethod):
+                _original["bitwise_and"] = current
+                patched = staticmethod(logical_shift(current.__func__))
+                CppVecOverrides.bitwise_and = patched  # type: ignore[method-assign]
             for name, kind in (("maximum", "min"), ("minimum", "max")):
                 current = CppVecOverrides.__dict__.get(name)
                 if isinstance(current, staticmethod):
@@ -157,14 +166,15 @@ def _expected(scalar_overrides: Any) -> bool:
 
 
 class CacheKey(CustomGraphPass):
-    """A post-grad pass that leaves the graph as it is and puts the source of this module
-    and of :mod:`qtorch.kernels.vector_clamp` (their hash: ``uuid``) in Inductor's cache
-    key."""
+    """A post-grad pass that leaves the graph as it is and puts the source of this module,
+    :mod:`qtorch.kernels.vector_clamp` and :mod:`qtorch.kernels.vector_shift` (their hash:
+    ``uuid``) in Inductor's cache key."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         return None
 
     def uuid(self) -> bytes:
         return get_hash_for_files(
-            (__file__, vector_clamp.__file__), "qtorch.kernels.vector_bitcast"
+            (__file__, vector_clamp.__file__, vector_shift.__file__),
+            "qtorch.kernels.vector_bitcast",
         )
