@@ -171,9 +171,7 @@ def test_stochastic_with_given_noise_matches_fractions(wl: int) -> None:
     noise.view(-1)[::5] = 0.0
     fmt = BlockFloatingPoint(wl, dim=0)
     got = fmt.quantize_kernel(x, Rounding.STOCHASTIC, noise)
-    rows = [
-        _reference_stochastic(x[i].tolist(), noise[i].tolist(), wl) for i in range(x.shape[0])
-    ]
+    rows = [_reference_stochastic(x[i].tolist(), noise[i].tolist(), wl) for i in range(x.shape[0])]
     assert bits_equal(got, torch.tensor(rows, dtype=torch.float32))
 
 
