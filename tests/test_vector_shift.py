@@ -1,10 +1,10 @@
-"""Logical right shifts in Inductor's C++ vector code (qtorch.kernels.vector_shift).
+"""Shifts by literal counts in Inductor's C++ vector code (qtorch.kernels.vector_shift).
 
-While qtorch compiles, ``(z >> s) & (2**(w - s) - 1)`` of int32 or int64 vectors (the
-noise hash's unsigned shifts) is generated as one logical shift instruction. Every result
-is checked against Python's unsigned shift of the same words (an independent oracle) and
-against the same function run eagerly; other shifts and masks, and the user's own
-compiles, keep Inductor's code.
+While qtorch compiles, shifts of int32 or int64 vectors by a literal count are generated
+as shifts by an immediate, and ``(z >> s) & (2**(w - s) - 1)`` (the noise hash's
+unsigned shifts) as one logical shift. Every result is checked against Python's shifts
+of the same words (an independent oracle) and against the same function run eagerly;
+other masks, shifts by tensors and the user's own compiles keep Inductor's code.
 """
 
 from __future__ import annotations
@@ -40,6 +40,32 @@ def _unsigned_shifts(z: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
     width = torch.iinfo(z.dtype).bits
     rows = [[((v % 2**width) >> s) for v in z.tolist()] for s in shifts]
     return torch.tensor(rows, dtype=z.dtype)
+
+
+def _wrapped(values: list[int], width: int) -> list[int]:
+    """Python integers wrapped to signed ``width``-bit words."""
+    return [(v + 2 ** (width - 1)) % 2**width - 2 ** (width - 1) for v in values]
+
+
+def _signed_shifts(z: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
+    """Python's arithmetic right and left shifts of the signed words, wrapped."""
+    width = torch.iinfo(z.dtype).bits
+    words = z.tolist()
+    rows = [[v >> s for v in words] for s in shifts]
+    rows += [_wrapped([v << s for v in words], width) for s in shifts]
+    return torch.tensor(rows, dtype=z.dtype)
+
+
+def _by_literals_32(z: torch.Tensor) -> torch.Tensor:
+    return torch.stack([z >> s for s in SHIFTS_32] + [z << s for s in SHIFTS_32])
+
+
+def _by_literals_64(z: torch.Tensor) -> torch.Tensor:
+    return torch.stack([z >> s for s in SHIFTS_64] + [z << s for s in SHIFTS_64])
+
+
+def _by_tensors(z: torch.Tensor, by: torch.Tensor) -> torch.Tensor:
+    return torch.stack([z >> by, z << by])
 
 
 def _shifts_32(z: torch.Tensor) -> torch.Tensor:
@@ -87,10 +113,32 @@ def test_int64_in_two_vectors() -> None:
 
 
 @needs_vectors
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_shifts_by_literals_are_shifts_by_immediates(dtype: torch.dtype) -> None:
+    width, shifts = (32, SHIFTS_32) if dtype == torch.int32 else (64, SHIFTS_64)
+    fn = _by_literals_32 if dtype == torch.int32 else _by_literals_64
+    z = _words(4099, dtype, seed=8)
+    result, code = generated(fn, z)
+    assert code.count(f"_mm512_srai_epi{width}(") >= len(shifts), code
+    assert code.count(f"slli_epi{width}(") >= 2 * len(shifts), code  # AVX2 and AVX-512
+    assert same_bits(result, _signed_shifts(z, shifts))
+    assert same_bits(result, fn(z))
+
+
+@needs_vectors
+def test_shifts_by_tensors_keep_inductors_code() -> None:
+    z, by = _words(2053, torch.int32, seed=9), torch.randint(0, 32, (2053,), dtype=torch.int32)
+    result, code = generated(_by_tensors, z, by)
+    assert "srai_epi" not in code and "slli_epi" not in code
+    assert same_bits(result, _by_tensors(z, by))
+
+
+@needs_vectors
 def test_other_masks_keep_inductors_code() -> None:
     z = _words(2053, torch.int32, seed=4)
     result, code = generated(_other_masks, z)
     assert "srli_epi" not in code
+    assert "_mm256_srai_epi32(" in code  # the shift by 5 itself, masked as it was
     assert same_bits(result, _other_masks(z))
 
 
@@ -99,11 +147,13 @@ def test_the_portable_branch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where no instruction set macro of the list is defined (ARM, POWER, s390x), the
     generated code keeps the shift and the mask: compiled here with names never defined."""
     never = (("QTORCH_NEVER_DEFINED_A", "_mm512_srli_epi"), ("QTORCH_NEVER_DEFINED_B", "no_"))
-    monkeypatch.setattr(vector_shift, "_INTRINSICS", never)
+    monkeypatch.setattr(vector_shift, "_INTRINSICS", dict.fromkeys(vector_shift._INTRINSICS, never))
     z = _words(1031, torch.int32, seed=5)
     result, code = generated(_shifts_32, z)
-    assert "QTORCH_NEVER_DEFINED_A" in code
+    shifted, code_literals = generated(_by_literals_32, z)
+    assert "QTORCH_NEVER_DEFINED_A" in code and "QTORCH_NEVER_DEFINED_A" in code_literals
     assert same_bits(result, _unsigned_shifts(z, SHIFTS_32))
+    assert same_bits(shifted, _signed_shifts(z, SHIFTS_32))
 
 
 def test_the_users_compiles_keep_inductors_shifts() -> None:
@@ -112,7 +162,7 @@ def test_the_users_compiles_keep_inductors_shifts() -> None:
 
     with config.patch(force_disable_caches=True):
         _, code = run_and_get_code(torch.compile(_shifts_32), _words(1024, torch.int32))
-    assert "srli_epi" not in "\n".join(code)
+    assert "_epi32(" not in "\n".join(code)
 
 
 @needs_vectors
@@ -132,11 +182,28 @@ def test_qtorch_noise_is_generated_with_logical_shifts(dtype: torch.dtype) -> No
         assert same_bits(result, qtorch.quantize(x, fmt, Rounding.STOCHASTIC, generator=gen))
 
 
-def test_the_patched_function_keeps_inductors_name() -> None:
+@needs_vectors
+def test_qtorch_posit_kernel_is_generated_with_immediate_shifts() -> None:
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    fmt = dataclasses.replace(family_format("posit"), es=1)  # a kernel of its own
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(10)) * 8
+    with qtorch.kernel_mode("compiled"), config.patch(force_disable_caches=True):
+        result, code = run_and_get_code(qtorch.quantize, x, fmt, "nearest")
+    assert any("srai_epi32(" in c for c in code), code
+    with qtorch.kernel_mode("eager"):
+        assert same_bits(result, qtorch.quantize(x, fmt, Rounding.NEAREST))
+
+
+def test_the_patched_functions_keep_inductors_names() -> None:
     from torch._inductor.codegen.cpp import CppVecOverrides
 
-    original = CppVecOverrides.__dict__["bitwise_and"]
+    names = ["bitwise_and", "bitwise_right_shift", "bitwise_left_shift"]
+    original = [CppVecOverrides.__dict__[name] for name in names]
     with vector_bitcast.register_bitcasts():
-        assert CppVecOverrides.__dict__["bitwise_and"] is not original
-        assert CppVecOverrides.bitwise_and.__name__ == "bitwise_and"
-    assert CppVecOverrides.__dict__["bitwise_and"] is original
+        assert all(
+            CppVecOverrides.__dict__[n] is not o for n, o in zip(names, original, strict=True)
+        )
+        assert [getattr(CppVecOverrides, name).__name__ for name in names] == names
+    assert [CppVecOverrides.__dict__[name] for name in names] == original

@@ -96,7 +96,7 @@ def config_patches() -> dict[str, Any]:
 
 def bitcasts() -> Any:
     """:mod:`qtorch.kernels.vector_bitcast` (the register bit casts, the clamps of
-    :mod:`qtorch.kernels.vector_clamp` and the logical shifts of
+    :mod:`qtorch.kernels.vector_clamp` and the shifts by immediates of
     :mod:`qtorch.kernels.vector_shift`) where qtorch's compiles use it; None where this
     torch's Inductor has no custom graph passes to key it with (older releases), or where
     the user has set a ``post_grad_custom_post_pass`` of their own (the key would replace

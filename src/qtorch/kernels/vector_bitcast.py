@@ -33,7 +33,7 @@ Scope. :class:`qtorch.kernels.compiled_call.Capture` compiles qtorch's kernels i
 leaves it (a count under a lock, for threads that compile at once), so the user's own
 ``torch.compile`` calls get Inductor's code (one that compiles in another thread during a
 qtorch compile gets the register casts, the same bits, the clamps of
-:mod:`qtorch.kernels.vector_clamp`, eager's NaN bits, and the logical shifts of
+:mod:`qtorch.kernels.vector_clamp`, eager's NaN bits, and the shifts by immediates of
 :mod:`qtorch.kernels.vector_shift`, the same bits). Generated code is cached under a key
 that does not see this change, so qtorch's compiles also set :class:`CacheKey` as
 Inductor's ``post_grad_custom_post_pass``: a pass that does nothing but name the source of
@@ -59,7 +59,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 
 from qtorch.kernels import vector_clamp, vector_shift
 from qtorch.kernels.vector_clamp import constant_clamp
-from qtorch.kernels.vector_shift import logical_shift
+from qtorch.kernels.vector_shift import immediate_shift, logical_shift
 
 __all__ = ["CacheKey", "register_bitcasts", "vector_bitcast"]
 
@@ -111,11 +111,12 @@ def vector_bitcast(fallback: Callable[..., Any]) -> Callable[..., Any]:
 def register_bitcasts() -> Iterator[None]:
     """Inside this block, Inductor generates the bit casts of :func:`vector_bitcast`, the
     clamps against constants of :func:`qtorch.kernels.vector_clamp.constant_clamp` and the
-    logical shifts of :func:`qtorch.kernels.vector_shift.logical_shift`.
+    shifts of :func:`qtorch.kernels.vector_shift.immediate_shift` and
+    :func:`~qtorch.kernels.vector_shift.logical_shift`.
 
     Where this torch's Inductor has no C++ vector code generator of the expected form (a
-    scalarized ``to_dtype_bitcast(x, dtype, src_dtype)``; static ``maximum``, ``minimum``
-    and ``bitwise_and``), that part does not change.
+    scalarized ``to_dtype_bitcast(x, dtype, src_dtype)``; static ``maximum``, ``minimum``,
+    ``bitwise_and`` and the shifts), that part does not change.
     """
     global _active, _original
     try:
@@ -136,6 +137,12 @@ def register_bitcasts() -> Iterator[None]:
                 _original["bitwise_and"] = current
                 patched = staticmethod(logical_shift(current.__func__))
                 CppVecOverrides.bitwise_and = patched  # type: ignore[method-assign]
+            for name, op in (("bitwise_right_shift", ">>"), ("bitwise_left_shift", "<<")):
+                current = CppVecOverrides.__dict__.get(name)
+                if isinstance(current, staticmethod):
+                    _original[name] = current
+                    patched = staticmethod(immediate_shift(op, current.__func__))
+                    setattr(CppVecOverrides, name, patched)
             for name, kind in (("maximum", "min"), ("minimum", "max")):
                 current = CppVecOverrides.__dict__.get(name)
                 if isinstance(current, staticmethod):
