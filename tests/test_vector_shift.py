@@ -10,6 +10,11 @@ other masks, shifts by tensors and the user's own compiles keep Inductor's code.
 from __future__ import annotations
 
 import dataclasses
+import re
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,6 +159,39 @@ def test_the_portable_branch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "QTORCH_NEVER_DEFINED_A" in code and "QTORCH_NEVER_DEFINED_A" in code_literals
     assert same_bits(result, _unsigned_shifts(z, SHIFTS_32))
     assert same_bits(shifted, _signed_shifts(z, SHIFTS_32))
+
+
+#: Compiler flags that select each x86 branch of the generated code (the macros Inductor
+#: sets; the last branch, Inductor's code, is compiled and run by test_the_portable_branch).
+BRANCHES = {
+    "AVX-512": ["-DCPU_CAPABILITY_AVX512", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"],
+    "AVX2": ["-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma"],
+}
+
+
+@needs_vectors
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ to compile the code with")
+@pytest.mark.parametrize("branch", list(BRANCHES))
+def test_every_branch_compiles(branch: str, tmp_path: Path) -> None:
+    """The code written for every instruction set type-checks, whichever this CPU runs
+    (int32 and int64, one vector and two; this machine runs one of them)."""
+    from torch.utils.cpp_extension import include_paths
+
+    z32, z64 = _words(1031, torch.int32, seed=11), _words(1031, torch.int64, seed=12)
+    sources = [
+        generated(_by_literals_64, z64)[1],
+        generated(_shifts_32, z32)[1],
+        generated(_shift_64_beside_32, z64, z32)[1],
+    ]
+    includes = [f"-I{path}" for path in [*include_paths(), sysconfig.get_paths()["include"]]]
+    for i, code in enumerate(sources):
+        kernel = re.search(r"cpp_pybinding\(\[.*?\], r'''(.*?)'''\)", code, re.DOTALL)
+        assert kernel is not None, code
+        path = tmp_path / f"kernel{i}.cpp"
+        path.write_text(kernel.group(1))
+        flags = ["g++", "-std=c++17", "-fsyntax-only", *includes, *BRANCHES[branch], str(path)]
+        done = subprocess.run(flags, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_the_users_compiles_keep_inductors_shifts() -> None:
