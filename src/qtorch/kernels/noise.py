@@ -75,10 +75,10 @@ float(5,2) 7.2 and 2.9. The lanes convert exactly (rows of at most 2**24 element
 built so; qtorch's are 16, MX and NVFP4 blocks at most 2**20), so the numbers are the same.
 
 All arithmetic is on signed tensors whose additions and multiplications wrap (int32 or
-int64); ``>>`` on them is arithmetic, so the logical shifts mask off the copied sign bits
-(compiled for x86, the shift and its mask are one instruction:
-:mod:`qtorch.kernels.vector_shift`: stochastic kernels in 0.67-0.80 of the time). No floor
-division, no bit-cast views: Inductor vectorizes every op.
+int64); ``>>`` on them is arithmetic, so the logical shifts mask off the copied sign bits.
+Compiled for x86, qtorch writes each shift and its mask as one instruction
+(:mod:`qtorch.kernels.vector_shift`; stochastic kernels took 0.67-0.80 of their former
+time). No floor division, no bit-cast views: Inductor vectorizes every op.
 
 The seed is one int64 drawn from the torch generator per call (:func:`draw_seed`), kept
 as a 0-d tensor on the device (no host synchronization), so ``torch.manual_seed`` or an

@@ -38,12 +38,11 @@ qtorch compile gets the register casts, the same bits, the clamps of
 that does not see this change, so qtorch's compiles also set :class:`CacheKey` as
 Inductor's ``post_grad_custom_post_pass``: a pass that does nothing but name the source of
 this module, :mod:`qtorch.kernels.vector_clamp` and :mod:`qtorch.kernels.vector_shift`,
-so that a kernel cached without
-these changes (or with another version of them) is not served in their place. This module
-imports Inductor's custom passes, which older torch releases lack;
-:func:`qtorch.kernels.compiled_call.bitcasts` imports it when qtorch first compiles, and
-leaves Inductor's code alone where that import fails or where the user has set a
-post-grad pass of their own, which the key would replace.
+so that a kernel cached without these changes (or with another version of them) is not
+served in their place. This module imports Inductor's custom passes, which older torch
+releases lack; :func:`qtorch.kernels.compiled_call.bitcasts` imports it when qtorch first
+compiles, and leaves Inductor's code alone where that import fails or where the user has
+set a post-grad pass of their own, which the key would replace.
 """
 
 from __future__ import annotations
