@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["constant_clamp"]
+__all__ = ["constant_clamp", "kernel_expressions"]
 
 #: The code of a number literal of the graph: Inductor's ``value_to_cpp`` of a float or int
 #: (``static_cast<float>(2.5)``) and of ±Inf; NaN (``quiet_NaN()``) is not one.
@@ -92,15 +92,21 @@ def _is_float_vector(var: Any) -> bool:
     )
 
 
-def _is_literal(var: Any) -> bool:
-    """Whether the kernel computes ``var`` as a number literal, or broadcasts one into it:
-    read from the expressions of the kernel's common-subexpression table."""
+def kernel_expressions() -> dict[str, str]:
+    """Variable name -> expression, from the current kernel's common-subexpression table
+    (empty where Inductor keeps no such table)."""
     from torch._inductor.virtualized import V
 
     table = getattr(getattr(V.kernel, "cse", None), "_cache", None)
     if not isinstance(table, dict):
-        return False
-    code = {str(v): k for k, v in table.items() if isinstance(k, str)}  # name -> expression
+        return {}
+    return {str(v): k for k, v in table.items() if isinstance(k, str)}
+
+
+def _is_literal(var: Any) -> bool:
+    """Whether the kernel computes ``var`` as a number literal, or broadcasts one into it:
+    read from the expressions of the kernel's common-subexpression table."""
+    code = kernel_expressions()
     expr = code.get(str(var))
     broadcast = _BROADCAST.fullmatch(expr) if expr is not None else None
     if broadcast is not None:

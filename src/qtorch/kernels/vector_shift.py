@@ -50,6 +50,8 @@ from typing import Any
 
 import torch
 
+from qtorch.kernels.vector_clamp import kernel_expressions
+
 __all__ = ["immediate_shift", "logical_shift"]
 
 #: An integer literal of the graph (Inductor's ``value_to_cpp`` of an int).
@@ -80,7 +82,7 @@ def immediate_shift(op: str, fallback: Callable[..., Any]) -> Callable[..., Any]
     for every other call."""
 
     def by_immediate(a: Any, b: Any, width: int, vectors: int, portable: str) -> Any:
-        s = _literal(b, width, _expressions())
+        s = _literal(b, width, kernel_expressions())
         if s is None or not 0 < s < width:
             return None
         return _shift_code(_INTRINSICS[op, width], a, s, width, vectors, portable)
@@ -94,7 +96,7 @@ def logical_shift(fallback: Callable[..., Any]) -> Callable[..., Any]:
     function, whose name it keeps) for every other call."""
 
     def logical(a: Any, b: Any, width: int, vectors: int, portable: str) -> Any:
-        code = _expressions()
+        code = kernel_expressions()
         for shifted, mask in ((a, b), (b, a)):
             found = _right_shift(shifted, width, code)
             if found is not None and _literal(mask, width, code) == (1 << (width - found[1])) - 1:
@@ -136,16 +138,6 @@ def _integer_vectors(a: Any, b: Any) -> tuple[int, int]:
         return 0, 0
     vectors = count(dtype)
     return (width, vectors) if vectors in (1, 2) else (0, 0)
-
-
-def _expressions() -> dict[str, str]:
-    """Variable name -> expression, from the current kernel's common-subexpression table."""
-    from torch._inductor.virtualized import V
-
-    table = getattr(getattr(V.kernel, "cse", None), "_cache", None)
-    if not isinstance(table, dict):
-        return {}
-    return {str(v): k for k, v in table.items() if isinstance(k, str)}
 
 
 def _literal(var: Any, width: int, code: dict[str, str]) -> int | None:
