@@ -47,6 +47,7 @@ set a post-grad pass of their own, which the key would replace.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterator
@@ -126,29 +127,20 @@ def register_bitcasts() -> Iterator[None]:
     with _lock:
         if _active == 0:
             _original = {}
-            current = CppVecOverrides.__dict__.get("to_dtype_bitcast")
-            if isinstance(current, staticmethod) and _expected(CppOverrides):
-                _original["to_dtype_bitcast"] = current
-                patched = staticmethod(vector_bitcast(current.__func__))
-                CppVecOverrides.to_dtype_bitcast = patched  # type: ignore[method-assign]
-            current = CppVecOverrides.__dict__.get("bitwise_and")
-            if isinstance(current, staticmethod):
-                _original["bitwise_and"] = current
-                patched = staticmethod(logical_shift(current.__func__))
-                CppVecOverrides.bitwise_and = patched  # type: ignore[method-assign]
-            for name, op in (("bitwise_right_shift", ">>"), ("bitwise_left_shift", "<<")):
+            wrappers: dict[str, Callable[[Any], Any]] = {
+                "bitwise_and": logical_shift,
+                "bitwise_right_shift": functools.partial(immediate_shift, ">>"),
+                "bitwise_left_shift": functools.partial(immediate_shift, "<<"),
+                "maximum": functools.partial(constant_clamp, "min"),
+                "minimum": functools.partial(constant_clamp, "max"),
+            }
+            if _expected(CppOverrides):
+                wrappers["to_dtype_bitcast"] = vector_bitcast
+            for name, wrap in wrappers.items():
                 current = CppVecOverrides.__dict__.get(name)
                 if isinstance(current, staticmethod):
                     _original[name] = current
-                    patched = staticmethod(immediate_shift(op, current.__func__))
-                    setattr(CppVecOverrides, name, patched)
-            for name, kind in (("maximum", "min"), ("minimum", "max")):
-                current = CppVecOverrides.__dict__.get(name)
-                if isinstance(current, staticmethod):
-                    _original[name] = current
-                    setattr(
-                        CppVecOverrides, name, staticmethod(constant_clamp(kind, current.__func__))
-                    )
+                    setattr(CppVecOverrides, name, staticmethod(wrap(current.__func__)))
         _active += 1
     try:
         yield
