@@ -124,7 +124,7 @@ def may_skip() -> bool:
     """Whether a call may skip the wrappers now: no Dynamo frame hook is set (as in plain
     eager code), so that Inductor's generated module runs as it is, and no profiler runs
     (``CompiledFxGraph`` labels the call in its trace)."""
-    return _frame_hook() is None and not profiler._is_profiler_enabled
+    return _frame_hook() is None and not getattr(profiler, "_is_profiler_enabled", True)
 
 
 def _cell(fn: Any, name: str) -> Any:
