@@ -696,7 +696,8 @@ def test_kernel_mode_rejects_unknown(bad: object) -> None:
 
 
 def test_which_path_each_mode_takes() -> None:
-    big, tiny = torch.randn(fused.EAGER_BELOW["cpu"]), torch.randn(3)
+    big, tiny = torch.randn(1024), torch.randn(fused.EAGER_BELOW["cpu"] - 1)
+    assert tiny.numel() == 1  # auto: only one-element tensors stay eager on the CPU
     with qtorch.kernel_mode("eager"):
         assert not fused.wants_compiled(big)
     with qtorch.kernel_mode("compiled"):
@@ -708,6 +709,7 @@ def test_which_path_each_mode_takes() -> None:
     with qtorch.kernel_mode("auto"):
         assert not fused.wants_compiled(tiny)
         assert fused.wants_compiled(big) == fused.compile_available("cpu")
+        assert fused.wants_compiled(torch.randn(3)) == fused.compile_available("cpu")
 
 
 @pytest.mark.usefixtures("fresh_fused")
@@ -722,12 +724,12 @@ def test_auto_compiles_only_hot_quantizers(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(fused, "compile_available", lambda device_type: True)
     monkeypatch.setattr(fused, "AUTO_COMPILE_AFTER_S", 0.02)
     fmt = _format("fixed")
-    x = torch.randn(fused.EAGER_BELOW["cpu"]) * 4
+    x = torch.randn(1024) * 4
     with qtorch.kernel_mode("eager"):
         expected = qtorch.quantize(x, fmt)
     with qtorch.kernel_mode("auto"):
         for _ in range(100):
-            qtorch.quantize(x[:100], fmt)  # small tensors never count
+            qtorch.quantize(x[:1], fmt)  # one-element tensors never count (nor compile)
         assert bits_equal(qtorch.quantize(x, fmt), expected)
         assert compiled == []  # one call is not worth a compile
         for _ in range(100_000):
@@ -764,13 +766,14 @@ def test_auto_keeps_the_faster_path_per_size_class(
     monkeypatch.setattr(qtorch.kernels.eager, "run", timed("eager", eager_run))
     monkeypatch.setattr(fused, "quantize_compiled", timed("compiled", compiled_run))
     fmt = _format("fixed")
-    small, other, large = (torch.randn(n) * 4 for n in (3000, 70_000, fused.MEASURE_BELOW["cpu"]))
+    sizes = (40, 3000, 70_000, fused.MEASURE_BELOW["cpu"])  # 40: small tensors are timed too
+    tiny, small, other, large = (torch.randn(n) * 4 for n in sizes)
     with qtorch.kernel_mode("eager"):
-        expected = [qtorch.quantize(t, fmt) for t in (small, other, large)]
+        expected = [qtorch.quantize(t, fmt) for t in (tiny, small, other, large)]
     with qtorch.kernel_mode("compiled"):
         qtorch.quantize(small, fmt)  # the quantizer is compiled now
     with qtorch.kernel_mode("auto"):
-        for t, want in zip((small, other, large), expected, strict=True):
+        for t, want in zip((tiny, small, other, large), expected, strict=True):
             ran.clear()
             for _ in range(6):
                 assert bits_equal(qtorch.quantize(t, fmt), want)
@@ -818,7 +821,7 @@ def test_auto_timing_waits_for_queued_work(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_autograd_input_keeps_eager_graph() -> None:
-    x = torch.randn(fused.EAGER_BELOW["cpu"] * 2, requires_grad=True)
+    x = torch.randn(2048, requires_grad=True)
     with qtorch.kernel_mode("compiled"):
         q = qtorch.quantize(x, _format("fixed"))
     with qtorch.kernel_mode("eager"):
