@@ -415,7 +415,8 @@ def key_classes(
 
 def _key_fields(key: Any) -> dict[str, str]:
     """The parts of a kernel's cache key that vary with x's shape, as strings."""
-    return {name: str(getattr(key, name)) for name in ("shape", "wide", "long_index")}
+    fields = ("shape", "flat_branches", "wide", "long_index")
+    return {name: str(getattr(key, name)) for name in fields}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -294,7 +294,7 @@ def test_both_compiled_block_maxima_give_the_eager_bits(
     or on AVX2 (whose integer vector loads go through a stack copy) a float maximum of
     |x|; each form, whatever this CPU's, against the eager kernel: blocks of two holding
     NaN, +-Inf and no NaN, subnormals, zeros, negative values only; whole-tensor blocks
-    whose largest magnitude is negative, finite or -Inf."""
+    whose largest magnitude is negative, finite, -Inf or NaN."""
     from qtorch.kernels import block
 
     monkeypatch.setattr(block, "int_loads_copy", lambda: int_loads_copy)
@@ -303,10 +303,13 @@ def test_both_compiled_block_maxima_give_the_eager_bits(
     finite[finite.abs().argmax()] = -finite.abs().max()
     with_inf = finite.clone()
     with_inf[7] = -math.inf
+    with_nan = finite.clone()
+    with_nan[-1] = math.nan  # past the rows whose maximum is taken at once (max_in_streams)
     cases = [
         (BlockFloatingPoint(8, dim=1), bits.view(2, 4099)),  # 4099 blocks of two
         (BlockFloatingPoint(8), finite),
         (BlockFloatingPoint(8), with_inf),
+        (BlockFloatingPoint(8), with_nan),
     ]
     torch._dynamo.reset()
     for fmt, x in cases:

@@ -192,7 +192,9 @@ def test_block_floating_point_kernels_serve_every_shape_of_their_key(tmp_path: P
     rows = _key_classes(tmp_path, ["block"], ("nearest",))
     assert rows and not _failing(rows)
     (small,) = [
-        r for r in rows if r["key"] == {"shape": "flat", "wide": "False", "long_index": "0"}
+        r
+        for r in rows
+        if r["key"] == {"shape": "flat", "flat_branches": "()", "wide": "False", "long_index": "0"}
     ]
     for n in (5, 4096, 4097, 4098, 8193, 100_017, 1 << 20):
         assert [n] in small["shapes"]

@@ -8,6 +8,7 @@ so each (format, rounding, dtype) is compiled once per process and every test re
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import pytest
@@ -312,6 +313,36 @@ def test_new_sizes_do_not_recompile(
         assert counters["stats"]["unique_graphs"] == graphs
 
 
+@pytest.mark.parametrize("rounding", [Rounding.NEAREST, Rounding.STOCHASTIC], ids=str)
+def test_whole_tensor_blocks_take_two_kernels_by_size(rounding: Rounding) -> None:
+    """Block floating point with one block per tensor takes its maximum in rows read at
+    once from ``STREAMED_MIN`` elements on the CPU (``max_in_streams``), a choice its key
+    carries (``flat_branches``): sizes on either side of it, the largest magnitude (or a
+    NaN) in the first row, the last, or the tail past the rows, give the eager bits, and
+    each kernel is compiled once (no graph behind the cache)."""
+    from torch._dynamo.utils import counters
+
+    from qtorch.kernels.block import STREAMED_MIN, STREAMS
+
+    fmt = qtorch.BlockFloatingPoint(7)
+    graphs = counters["stats"]["unique_graphs"]
+    kernels = len(fused._cache)
+    sizes = [5003, STREAMED_MIN, STREAMED_MIN - 1, 2, STREAMED_MIN + 1, 3 * STREAMS - 1]
+    sizes += [3 * STREAMS, 16, 100_003, 3 * STREAMS + 1]
+    with qtorch.kernel_mode("compiled"):
+        for n in sizes:
+            x = torch.randn(n, generator=torch.Generator().manual_seed(n))
+            for where in {0, n // STREAMS * (STREAMS - 1), n - 1}:
+                for top in (7.5, math.nan):
+                    y = x.clone()
+                    y[where] = top
+                    eager, compiled = _both(y, fmt, rounding)
+                    assert bits_equal(eager, compiled), (n, where, top)
+    assert counters["stats"]["unique_graphs"] - graphs == len(fused._cache) - kernels
+    branches = {key.flat_branches for key in fused._cache if key.fmt == fmt}
+    assert branches == {(False,), (True,)}
+
+
 def _one_block(name: str, dim: int, shapes: list[tuple[int, ...]], rounding: Rounding) -> None:
     """Compiled = eager on shapes whose blocks' dimension is one whole block, the first
     compiled once, the others (the same static sizes) without a new graph."""
@@ -471,9 +502,9 @@ def test_more_than_2_to_the_32_elements_get_a_wide_kernel(name: str) -> None:
     and were killed). The wide kernel gives the eager bits on any size."""
     fmt = _format(name)
     huge = torch.empty(2, 1).expand(2, 2**31 + 8)  # 2**32 + 16 elements, no storage
-    assert fused._key(huge, fmt, Rounding.STOCHASTIC, False, "cpu")[5]
-    assert not fused._key(huge, fmt, Rounding.NEAREST, False, "cpu")[5]
-    assert not fused._key(huge[:, : 2**31], fmt, Rounding.STOCHASTIC, False, "cpu")[5]
+    assert fused._key(huge, fmt, Rounding.STOCHASTIC, False, "cpu").wide
+    assert not fused._key(huge, fmt, Rounding.NEAREST, False, "cpu").wide
+    assert not fused._key(huge[:, : 2**31], fmt, Rounding.STOCHASTIC, False, "cpu").wide
     for rows in (False, True) if fmt.flat_kernel else (False,):
         kernel = fused._make_kernel(fmt, Rounding.STOCHASTIC, torch.float32, False, rows, True)
         for shape in [(4099,), (64, 48)] if fmt.flat_kernel else [(70, 3), (64, 5)]:

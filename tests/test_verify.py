@@ -257,6 +257,7 @@ _SHAPES = [
     ("mxfp8_e4m3", Rounding.STOCHASTIC, (2**17, 20)),  # short of one block
     ("mx(float8_e4m3fn, 32, 0)", Rounding.NEAREST, (2**16, 32)),  # whole blocks down dim 0
     ("nvfp4", Rounding.NEAREST, (2**21, 16)),  # one whole block: a constant size
+    ("block(8)", Rounding.NEAREST, (3 * 2**20 + 11,)),  # flat, with a branch on the size
 ]
 
 
@@ -267,10 +268,10 @@ def test_a_large_calls_probe_is_small_with_the_same_kernel(
     fmt = family_format(name)
     x = torch.empty(shape)
     key = fused._key(x, fmt, rounding, False, "cpu")
-    arg_shape = (-1, fused.ROW) if key[4] == "rows" else (-1,) if fmt.flat_kernel else shape
+    arg_shape = (-1, fused.ROW) if key.shape == "rows" else (-1,) if fmt.flat_kernel else shape
     arg = x.view(arg_shape)
-    static = fused._static_dims(key[4], arg.dim())
-    small = verify.probe_shape(arg.shape, static, lambda s: fused._same_kernel(s, fmt, key[4]))
+    static = fused._static_dims(key.shape, arg.dim())
+    small = verify.probe_shape(arg.shape, static, lambda s: fused._same_kernel(s, fmt, key))
     assert math.prod(small) <= verify.PROBE_MAX
     assert len(small) == arg.dim()
     for dim, (was, now) in enumerate(zip(arg.shape, small, strict=True)):
@@ -282,6 +283,7 @@ def test_a_large_calls_probe_is_small_with_the_same_kernel(
     if fmt.flat_kernel:
         assert small[-1] == arg.shape[-1] or arg.dim() == 1
         assert small[0] % verify.PERIOD == arg.shape[0] % verify.PERIOD  # the same tail
+        assert fmt.flat_branches(math.prod(small), "cpu") == key.flat_branches
     else:
         assert fused._key(torch.empty(small), fmt, rounding, False, "cpu") == key
 

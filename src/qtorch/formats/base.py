@@ -93,6 +93,13 @@ class Format(abc.ABC):
         """
         return ()
 
+    def flat_branches(self, n: int, device_type: str) -> tuple[bool, ...]:
+        """The choices on the element count ``n`` that the code of a flat compiled kernel
+        (:attr:`flat_kernel`) for ``device_type`` makes while it is traced; they are part
+        of its cache key, as :meth:`shape_branches` are for the other kernels. Default:
+        none."""
+        return ()
+
     def kernel_extent(self, shape: Sequence[int]) -> int:
         """The element count of the largest tensor a kernel compiled off the CPU for x of
         ``shape`` reads or makes: x's own (default). A format whose kernel pads x makes

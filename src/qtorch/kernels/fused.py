@@ -9,7 +9,9 @@ avoids the known traps:
   length is marked dynamic, so the kernel is compiled once for a symbolic length. On
   torch 2.13 that kernel vectorizes on CPU like a static one (a vector loop plus a masked
   tail; measured in docs/performance.md), so a new size never recompiles and shapes of any
-  rank share one kernel. Only the sizes are symbolic: ``dynamic=True`` would also turn the
+  rank share one kernel (or one per choice the code makes on the length:
+  ``Format.flat_branches``; block floating point takes its maximum in rows from 18
+  elements on). Only the sizes are symbolic: ``dynamic=True`` would also turn the
   format's integer parameters into symbols. The other formats (block floating point with
   a block per slice, MX, NVFP4) keep their shape; their kernel is compiled once per rank
   and pattern of the sizes it takes as constants (``Format.static_sizes``: those of 1,
@@ -96,6 +98,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import shutil
 import sys
 import threading
@@ -422,6 +425,8 @@ class KernelKey(NamedTuple):
     #: "flat", "rows" (the ``(n / ROW, ROW)`` view, elementwise stochastic), or a format's
     #: static sizes and shape branches (:func:`_shape_class`)
     shape: Hashable
+    #: a flat kernel's choices on x's element count (``Format.flat_branches``)
+    flat_branches: tuple[bool, ...]
     #: stochastic, more than :data:`WIDE` elements: the noise takes each index's high word
     wide: bool
     #: off the CPU, how many of x's element count and the kernel's extent (the largest
@@ -440,12 +445,12 @@ def _key(
 ) -> KernelKey:
     """x's cache key (:class:`KernelKey`)."""
     shape_key: Hashable
+    flat_branches: tuple[bool, ...] = ()
     if not fmt.flat_kernel:
         shape_key = _shape_class(fmt, x.shape)
-    elif rounding is Rounding.STOCHASTIC and x.numel() % ROW == 0:
-        shape_key = "rows"
     else:
-        shape_key = "flat"
+        shape_key = "rows" if rounding is Rounding.STOCHASTIC and x.numel() % ROW == 0 else "flat"
+        flat_branches = fmt.flat_branches(x.numel(), device_type)
     # Past 2**32 elements the noise's indices have a high word: a kernel of its own
     wide = rounding is Rounding.STOCHASTIC and x.numel() > WIDE
     # Inductor's C++ indexes in 64 bits at every size; Triton's in 32 where it can
@@ -455,7 +460,15 @@ def _key(
     # In place, the kernel writes into x where the format allows it (Format.writes_into_x)
     write_into_arg = inplace and fmt.writes_into_x and x.is_contiguous()
     return KernelKey(
-        fmt, rounding, x.dtype, device_type, shape_key, wide, long_index, write_into_arg
+        fmt,
+        rounding,
+        x.dtype,
+        device_type,
+        shape_key,
+        flat_branches,
+        wide,
+        long_index,
+        write_into_arg,
     )
 
 
@@ -534,7 +547,7 @@ def quantize_compiled(
                     verifying = _device_type(x) in verify.DEVICES
                     if verifying:
                         shape = verify.probe_shape(
-                            arg.shape, static, lambda s: _same_kernel(s, fmt, key.shape)
+                            arg.shape, static, lambda s: _same_kernel(s, fmt, key)
                         )
                         first = verify.probe_like(arg, shape)
                     else:
@@ -710,15 +723,16 @@ def _static_dims(shape_key: Hashable, ndim: int) -> set[int]:
     return set()
 
 
-def _same_kernel(shape: tuple[int, ...], fmt: Format, shape_key: Hashable) -> bool:
-    """Whether an argument of ``shape`` has the kernel whose key's shape part is
-    ``shape_key`` (an argument of the same rank, its static dimensions unchanged).
+def _same_kernel(shape: tuple[int, ...], fmt: Format, key: KernelKey) -> bool:
+    """Whether an argument of ``shape`` has the kernel of ``key`` (an argument of the same
+    rank, its static dimensions unchanged).
 
     A flat kernel's argument (x flat, or its ``(n / ROW, ROW)`` view) has any shape of its
-    rank; a non-flat format's has the key's static sizes and branches."""
-    if not isinstance(shape_key, tuple):
-        return True
-    return _shape_class(fmt, shape) == shape_key
+    rank whose element count makes the key's choices (``Format.flat_branches``); a
+    non-flat format's has the key's static sizes and branches."""
+    if not isinstance(key.shape, tuple):
+        return fmt.flat_branches(math.prod(shape), key.device_type) == key.flat_branches
+    return _shape_class(fmt, shape) == key.shape
 
 
 def _shape_class(fmt: Format, shape: Sequence[int]) -> Hashable:
