@@ -314,17 +314,19 @@ def test_new_sizes_do_not_recompile(
 
 
 @pytest.mark.parametrize("rounding", [Rounding.NEAREST, Rounding.STOCHASTIC], ids=str)
-def test_whole_tensor_blocks_take_two_kernels_by_size(rounding: Rounding) -> None:
-    """Block floating point with one block per tensor takes its maximum in rows read at
-    once from ``STREAMED_MIN`` elements on the CPU (``max_in_streams``), a choice its key
-    carries (``flat_branches``): sizes on either side of it, the largest magnitude (or a
-    NaN) in the first row, the last, or the tail past the rows, give the eager bits, and
-    each kernel is compiled once (no graph behind the cache)."""
+@pytest.mark.parametrize("name", ["block(7)", 'NVFP4(tensor_scale="amax")'])
+def test_whole_tensor_maxima_take_two_kernels_by_size(name: str, rounding: Rounding) -> None:
+    """Block floating point with one block per tensor, and NVFP4's "amax" tensor scale,
+    take the tensor's maximum in rows read at once from ``STREAMED_MIN`` elements on the
+    CPU (``max_in_streams``), a choice their key carries (``flat_branches``, or the last
+    of NVFP4's ``shape_branches``): sizes on either side of it, the largest magnitude (or a
+    NaN, or +Inf) in the first row, the last, or the tail past the rows, give the eager
+    bits, and each kernel is compiled once (no graph behind the cache)."""
     from torch._dynamo.utils import counters
 
     from qtorch.kernels.block import STREAMED_MIN, STREAMS
 
-    fmt = qtorch.BlockFloatingPoint(7)
+    fmt = _format(name)
     graphs = counters["stats"]["unique_graphs"]
     kernels = len(fused._cache)
     sizes = [5003, STREAMED_MIN, STREAMED_MIN - 1, 2, STREAMED_MIN + 1, 3 * STREAMS - 1]
@@ -333,14 +335,17 @@ def test_whole_tensor_blocks_take_two_kernels_by_size(rounding: Rounding) -> Non
         for n in sizes:
             x = torch.randn(n, generator=torch.Generator().manual_seed(n))
             for where in {0, n // STREAMS * (STREAMS - 1), n - 1}:
-                for top in (7.5, math.nan):
+                for top in (7.5, math.nan, math.inf):
                     y = x.clone()
                     y[where] = top
                     eager, compiled = _both(y, fmt, rounding)
                     assert bits_equal(eager, compiled), (n, where, top)
     assert counters["stats"]["unique_graphs"] - graphs == len(fused._cache) - kernels
-    branches = {key.flat_branches for key in fused._cache if key.fmt == fmt}
-    assert branches == {(False,), (True,)}
+    keys = [key for key in fused._cache if key.fmt == fmt]
+    if fmt.flat_kernel:
+        assert {key.flat_branches for key in keys} == {(False,), (True,)}
+    else:
+        assert {key.shape[1][-1] for key in keys} == {False, True}
 
 
 def _one_block(name: str, dim: int, shapes: list[tuple[int, ...]], rounding: Rounding) -> None:

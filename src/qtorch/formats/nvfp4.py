@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -13,6 +14,7 @@ from qtorch.formats.base import EagerPieces, Format, pieces_of
 from qtorch.formats.mx import BlocksAlongDim, check_block
 from qtorch.formats.presets import float4_e2m1fn, float8_e4m3fn
 from qtorch.kernels import mx as kernel
+from qtorch.kernels.block import STREAMED_MIN
 from qtorch.rounding import Rounding
 
 #: The ``tensor_scale`` value that asks for NVIDIA's per-tensor scale, computed from x.
@@ -113,6 +115,16 @@ class NVFP4(BlocksAlongDim, Format):
         if self.tensor_scale == DYNAMIC:
             return 0.0
         return 0.5 * kernel.E4M3_MIN_POSITIVE * float(self.tensor_scale or 1.0)
+
+    def shape_branches(self, shape: Sequence[int]) -> tuple[bool, ...]:
+        """The blocks' branches (:meth:`BlocksAlongDim.shape_branches`) and, with ``"amax"``,
+        whether x has the :data:`~qtorch.kernels.block.STREAMED_MIN` elements from which the
+        tensor's maximum is read as rows at once on the CPU (:func:`qtorch.kernels.mx.
+        finite_amax`; elsewhere the two kernels are the same)."""
+        branches = super().shape_branches(shape)
+        if self.tensor_scale == DYNAMIC:
+            branches += (math.prod(shape) >= STREAMED_MIN,)
+        return branches
 
     def tensor_scale_of(self, x: torch.Tensor) -> torch.Tensor | None:
         """The tensor scale g used for x: None, the fixed value, or NVIDIA's amax / 2688."""
