@@ -58,7 +58,7 @@ def _captured(
     (kern,) = [
         k
         for key, k in fused._cache.items()
-        if key[0] == fmt and key[1] == Rounding(rounding) and key[-1] == in_place
+        if key.fmt == fmt and key.rounding == Rounding(rounding) and key.write_into_arg == in_place
     ]
     assert isinstance(kern, CompiledKernel)
     captured = kern.shapes[x.shape]

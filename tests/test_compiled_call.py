@@ -38,10 +38,10 @@ def _kernel(
     (kern,) = [
         k
         for key, k in fused._cache.items()
-        if key[0] == fmt
-        and key[1] == rounding
-        and key[-1] == in_place
-        and (shape_key is None or key[4] == shape_key)
+        if key.fmt == fmt
+        and key.rounding == rounding
+        and key.write_into_arg == in_place
+        and (shape_key is None or key.shape == shape_key)
     ]
     assert isinstance(kern, CompiledKernel)
     return kern

@@ -245,7 +245,7 @@ def test_fused_in_place_block_formats_match_eager(
         with qtorch.kernel_mode("compiled"):
             result = qtorch.quantize_(y, fmt, rounding)
         assert result is y and bits_equal(y, expected), (name, tuple(x.shape))
-    writes = {key[-1] for key in fused._cache if key[0] == fmt}
+    writes = {key.write_into_arg for key in fused._cache if key.fmt == fmt}
     assert writes == {isinstance(fmt, qtorch.BlockFloatingPoint)}, name
 
 
@@ -362,7 +362,7 @@ def _one_block(name: str, dim: int, shapes: list[tuple[int, ...]], rounding: Rou
             if i == 0:
                 graphs = counters["stats"]["unique_graphs"]
         assert counters["stats"]["unique_graphs"] == graphs
-    assert not [key for key in fused._broken if key[0] == fmt]
+    assert not [key for key in fused._broken if key.fmt == fmt]
 
 
 @pytest.mark.parametrize(

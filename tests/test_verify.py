@@ -150,7 +150,7 @@ def test_kernels_compiled_for_avx2_give_the_eager_bits() -> None:
         got_posit = qtorch.quantize(x, posit)  # no warning (they are errors here)
     assert bits_equal(got, expected)
     assert bits_equal(got_posit, expected_posit)
-    assert not any(key[0] == posit for key in fused._broken)
+    assert not any(key.fmt == posit for key in fused._broken)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
