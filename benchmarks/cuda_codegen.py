@@ -415,7 +415,7 @@ def key_classes(
 
 def _key_fields(key: Any) -> dict[str, str]:
     """The parts of a kernel's cache key that vary with x's shape, as strings."""
-    fields = ("shape", "flat_branches", "wide", "long_index")
+    fields = ("shape", "branches", "wide", "long_index")
     return {name: str(getattr(key, name)) for name in fields}
 
 

@@ -194,7 +194,7 @@ def test_block_floating_point_kernels_serve_every_shape_of_their_key(tmp_path: P
     (small,) = [
         r
         for r in rows
-        if r["key"] == {"shape": "flat", "flat_branches": "()", "wide": "False", "long_index": "0"}
+        if r["key"] == {"shape": "flat", "branches": "()", "wide": "False", "long_index": "0"}
     ]
     for n in (5, 4096, 4097, 4098, 8193, 100_017, 1 << 20):
         assert [n] in small["shapes"]

@@ -318,10 +318,11 @@ def test_new_sizes_do_not_recompile(
 def test_whole_tensor_maxima_take_two_kernels_by_size(name: str, rounding: Rounding) -> None:
     """Block floating point with one block per tensor, and NVFP4's "amax" tensor scale,
     take the tensor's maximum in rows read at once from ``STREAMED_MIN`` elements on the
-    CPU (``max_in_streams``), a choice their key carries (``flat_branches``, or the last
-    of NVFP4's ``shape_branches``): sizes on either side of it, the largest magnitude (or a
+    CPU (``max_in_streams``), a choice their key carries (the last of
+    ``Format.shape_branches``): sizes on either side of it, the largest magnitude (or a
     NaN, or +Inf) in the first row, the last, or the tail past the rows, give the eager
-    bits, and each kernel is compiled once (no graph behind the cache)."""
+    bits, and each kernel is compiled once (no graph behind the cache). Off the CPU the
+    code makes no such choice, and the key none."""
     from torch._dynamo.utils import counters
 
     from qtorch.kernels.block import STREAMED_MIN, STREAMS
@@ -342,10 +343,13 @@ def test_whole_tensor_maxima_take_two_kernels_by_size(name: str, rounding: Round
                     assert bits_equal(eager, compiled), (n, where, top)
     assert counters["stats"]["unique_graphs"] - graphs == len(fused._cache) - kernels
     keys = [key for key in fused._cache if key.fmt == fmt]
-    if fmt.flat_kernel:
-        assert {key.flat_branches for key in keys} == {(False,), (True,)}
-    else:
-        assert {key.shape[1][-1] for key in keys} == {False, True}
+    assert {key.branches[-1] for key in keys} == {False, True}
+    for n in sizes:  # off the CPU, the same key without that choice
+        on = {
+            device: fused._key(torch.empty(n), fmt, rounding, False, device)
+            for device in ("cpu", "cuda")
+        }
+        assert on["cuda"].branches == on["cpu"].branches[:-1], n
 
 
 def _one_block(name: str, dim: int, shapes: list[tuple[int, ...]], rounding: Rounding) -> None:

@@ -81,23 +81,16 @@ class Format(abc.ABC):
         """
         return tuple(size == 1 for size in shape)
 
-    def shape_branches(self, shape: Sequence[int]) -> tuple[bool, ...]:
-        """The choices on x's shape that the code of a compiled kernel that is not flat
-        (:attr:`flat_kernel`) makes in Python while it is traced; they are part of its
-        cache key.
+    def shape_branches(self, shape: Sequence[int], device_type: str) -> tuple[bool, ...]:
+        """The choices on x's shape that the code of a kernel compiled for ``device_type``
+        makes in Python while it is traced (a flat kernel's, :attr:`flat_kernel`: on x's
+        element count); they are part of its cache key.
 
         Dynamo guards on such a choice and, when a later shape makes the other one,
         compiles a second graph behind qtorch's back: not under its compile lock, not
         checked on a probe (:mod:`qtorch.kernels.verify`). In the key, each choice gets
         its own kernel, compiled and checked like the first. Default: none.
         """
-        return ()
-
-    def flat_branches(self, n: int, device_type: str) -> tuple[bool, ...]:
-        """The choices on the element count ``n`` that the code of a flat compiled kernel
-        (:attr:`flat_kernel`) for ``device_type`` makes while it is traced; they are part
-        of its cache key, as :meth:`shape_branches` are for the other kernels. Default:
-        none."""
         return ()
 
     def kernel_extent(self, shape: Sequence[int]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -61,12 +62,13 @@ class BlockFloatingPoint(Format):
         """One block per tensor (``dim=-1``): the result does not depend on x's shape."""
         return self.dim == -1
 
-    def flat_branches(self, n: int, device_type: str) -> tuple[bool, ...]:
+    def shape_branches(self, shape: Sequence[int], device_type: str) -> tuple[bool, ...]:
         """``dim=-1`` on the CPU: whether the compiled kernel takes the maximum over rows
         read at once (:func:`qtorch.kernels.block.max_in_streams`, from
         :data:`~qtorch.kernels.block.STREAMED_MIN` elements)."""
-        streams = self.dim == -1 and device_type == "cpu"
-        return (n >= block_kernel.STREAMED_MIN,) if streams else ()
+        if self.dim == -1 and device_type == "cpu":
+            return (math.prod(shape) >= block_kernel.STREAMED_MIN,)
+        return ()
 
     def kernel_extent(self, shape: Sequence[int]) -> int:
         """``dim=-1``: x padded to whole rows, as a kernel compiled off the CPU takes the

@@ -82,9 +82,9 @@ class BlocksAlongDim:
         (:func:`qtorch.kernels.mx.static_sizes`)."""
         return kernel.static_sizes(shape, self.block_size, self.dim)
 
-    def shape_branches(self, shape: Sequence[int]) -> tuple[bool, ...]:
+    def shape_branches(self, shape: Sequence[int], device_type: str) -> tuple[bool, ...]:
         """Whether the blocks' dimension is padded to whole blocks, and whether it holds
-        one block (:func:`qtorch.kernels.mx.shape_branches`)."""
+        one block (:func:`qtorch.kernels.mx.shape_branches`), on every device."""
         return kernel.shape_branches(shape, self.block_size, self.dim)
 
     def kernel_extent(self, shape: Sequence[int]) -> int:

@@ -116,13 +116,13 @@ class NVFP4(BlocksAlongDim, Format):
             return 0.0
         return 0.5 * kernel.E4M3_MIN_POSITIVE * float(self.tensor_scale or 1.0)
 
-    def shape_branches(self, shape: Sequence[int]) -> tuple[bool, ...]:
-        """The blocks' branches (:meth:`BlocksAlongDim.shape_branches`) and, with ``"amax"``,
-        whether x has the :data:`~qtorch.kernels.block.STREAMED_MIN` elements from which the
-        tensor's maximum is read as rows at once on the CPU (:func:`qtorch.kernels.mx.
-        finite_amax`; elsewhere the two kernels are the same)."""
-        branches = super().shape_branches(shape)
-        if self.tensor_scale == DYNAMIC:
+    def shape_branches(self, shape: Sequence[int], device_type: str) -> tuple[bool, ...]:
+        """The blocks' branches (:meth:`BlocksAlongDim.shape_branches`) and, with ``"amax"``
+        on the CPU, whether x has the :data:`~qtorch.kernels.block.STREAMED_MIN` elements
+        from which the tensor's maximum is read as rows at once
+        (:func:`qtorch.kernels.mx.finite_amax`)."""
+        branches = super().shape_branches(shape, device_type)
+        if self.tensor_scale == DYNAMIC and device_type == "cpu":
             branches += (math.prod(shape) >= STREAMED_MIN,)
         return branches
 

@@ -51,7 +51,7 @@ def block_max(x: torch.Tensor, dim: int) -> torch.Tensor:
         magnitude = x.view(lay.int_dtype) & ((1 << (lay.exponent_bits + lay.mantissa_bits)) - 1)
     if dim == -1:
         # compiled off the CPU (Triton): in rows; compiled on the CPU, in rows read at once
-        # (sizes from STREAMED_MIN on get a kernel of their own: flat_branches)
+        # (sizes from STREAMED_MIN on get a kernel of their own: Format.shape_branches)
         compiled = torch.compiler.is_compiling()
         if compiled and x.device.type != "cpu":
             top = max_in_rows(magnitude)

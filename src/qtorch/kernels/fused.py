@@ -10,8 +10,8 @@ avoids the known traps:
   torch 2.13 that kernel vectorizes on CPU like a static one (a vector loop plus a masked
   tail; measured in docs/performance.md), so a new size never recompiles and shapes of any
   rank share one kernel (or one per choice the code makes on the length:
-  ``Format.flat_branches``; block floating point takes its maximum in rows from 18
-  elements on). Only the sizes are symbolic: ``dynamic=True`` would also turn the
+  ``Format.shape_branches``; on the CPU block floating point takes its maximum in rows
+  from 18 elements on). Only the sizes are symbolic: ``dynamic=True`` would also turn the
   format's integer parameters into symbols. The other formats (block floating point with
   a block per slice, MX, NVFP4) keep their shape; their kernel is compiled once per rank
   and pattern of the sizes it takes as constants (``Format.static_sizes``: those of 1,
@@ -98,13 +98,12 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import shutil
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -423,10 +422,10 @@ class KernelKey(NamedTuple):
     dtype: torch.dtype
     device_type: str
     #: "flat", "rows" (the ``(n / ROW, ROW)`` view, elementwise stochastic), or a format's
-    #: static sizes and shape branches (:func:`_shape_class`)
+    #: static sizes (``Format.static_sizes``)
     shape: Hashable
-    #: a flat kernel's choices on x's element count (``Format.flat_branches``)
-    flat_branches: tuple[bool, ...]
+    #: the kernel's choices on x's shape (``Format.shape_branches``)
+    branches: tuple[bool, ...]
     #: stochastic, more than :data:`WIDE` elements: the noise takes each index's high word
     wide: bool
     #: off the CPU, how many of x's element count and the kernel's extent (the largest
@@ -445,12 +444,10 @@ def _key(
 ) -> KernelKey:
     """x's cache key (:class:`KernelKey`)."""
     shape_key: Hashable
-    flat_branches: tuple[bool, ...] = ()
     if not fmt.flat_kernel:
-        shape_key = _shape_class(fmt, x.shape)
+        shape_key = fmt.static_sizes(x.shape)
     else:
         shape_key = "rows" if rounding is Rounding.STOCHASTIC and x.numel() % ROW == 0 else "flat"
-        flat_branches = fmt.flat_branches(x.numel(), device_type)
     # Past 2**32 elements the noise's indices have a high word: a kernel of its own
     wide = rounding is Rounding.STOCHASTIC and x.numel() > WIDE
     # Inductor's C++ indexes in 64 bits at every size; Triton's in 32 where it can
@@ -465,7 +462,7 @@ def _key(
         x.dtype,
         device_type,
         shape_key,
-        flat_branches,
+        fmt.shape_branches(x.shape, device_type),
         wide,
         long_index,
         write_into_arg,
@@ -713,13 +710,11 @@ def run_planned(
 def _static_dims(shape_key: Hashable, ndim: int) -> set[int]:
     """The dimensions of a kernel's argument that stay static, by its key's shape part:
     the rows' length of the stochastic ``(n / ROW, ROW)`` view, or those a non-flat
-    format's :meth:`~qtorch.formats.base.Format.static_sizes` flags (in the key, with
-    its :meth:`~qtorch.formats.base.Format.shape_branches`)."""
+    format's :meth:`~qtorch.formats.base.Format.static_sizes` flags."""
     if shape_key == "rows":
         return {ndim - 1}
     if isinstance(shape_key, tuple):
-        static_sizes, _ = shape_key
-        return {dim for dim, static in enumerate(static_sizes) if static}
+        return {dim for dim, static in enumerate(shape_key) if static}
     return set()
 
 
@@ -727,17 +722,12 @@ def _same_kernel(shape: tuple[int, ...], fmt: Format, key: KernelKey) -> bool:
     """Whether an argument of ``shape`` has the kernel of ``key`` (an argument of the same
     rank, its static dimensions unchanged).
 
-    A flat kernel's argument (x flat, or its ``(n / ROW, ROW)`` view) has any shape of its
-    rank whose element count makes the key's choices (``Format.flat_branches``); a
-    non-flat format's has the key's static sizes and branches."""
-    if not isinstance(key.shape, tuple):
-        return fmt.flat_branches(math.prod(shape), key.device_type) == key.flat_branches
-    return _shape_class(fmt, shape) == key.shape
-
-
-def _shape_class(fmt: Format, shape: Sequence[int]) -> Hashable:
-    """A non-flat format's shape part of the key: its static sizes and shape branches."""
-    return (fmt.static_sizes(shape), fmt.shape_branches(shape))
+    Its shape makes the key's choices (``Format.shape_branches``; a flat kernel's argument,
+    x flat or its ``(n / ROW, ROW)`` view, makes them on its element count), and a non-flat
+    format's has the key's static sizes."""
+    if fmt.shape_branches(shape, key.device_type) != key.branches:
+        return False
+    return not isinstance(key.shape, tuple) or fmt.static_sizes(shape) == key.shape
 
 
 def _mark_dynamic(arg: torch.Tensor, static: set[int]) -> None:
