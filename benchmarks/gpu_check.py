@@ -48,6 +48,8 @@ CPU standing in for the GPU (compiled CPU vs eager CPU, small sizes), to test th
 Exit code 1 if any check fails. ``--json FILE`` writes every check and timing.
 
     python benchmarks/gpu_check.py                 # on the GPU machine
+    # keeping every line (the report runs past 12,000 characters), e.g. under a folder $OUT:
+    python benchmarks/gpu_check.py --json $OUT/gpu.json 2>&1 | tee $OUT/gpu.txt | tail -40
     python benchmarks/gpu_check.py --cpu-dry-run --size 3000 --formats fixed block
 """
 
