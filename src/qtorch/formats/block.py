@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -63,12 +62,9 @@ class BlockFloatingPoint(Format):
         return self.dim == -1
 
     def shape_branches(self, shape: Sequence[int], device_type: str) -> tuple[bool, ...]:
-        """``dim=-1`` on the CPU: whether the compiled kernel takes the maximum over rows
-        read at once (:func:`qtorch.kernels.block.max_in_streams`, from
-        :data:`~qtorch.kernels.block.STREAMED_MIN` elements)."""
-        if self.dim == -1 and device_type == "cpu":
-            return (math.prod(shape) >= block_kernel.STREAMED_MIN,)
-        return ()
+        """``dim=-1``: the whole tensor's maximum's (:func:`qtorch.kernels.block.whole_max`:
+        :func:`~qtorch.kernels.block.streams_branch`)."""
+        return block_kernel.streams_branch(shape, device_type) if self.dim == -1 else ()
 
     def kernel_extent(self, shape: Sequence[int]) -> int:
         """``dim=-1``: x padded to whole rows, as a kernel compiled off the CPU takes the

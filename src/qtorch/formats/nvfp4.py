@@ -14,7 +14,7 @@ from qtorch.formats.base import EagerPieces, Format, pieces_of
 from qtorch.formats.mx import BlocksAlongDim, check_block
 from qtorch.formats.presets import float4_e2m1fn, float8_e4m3fn
 from qtorch.kernels import mx as kernel
-from qtorch.kernels.block import STREAMED_MIN
+from qtorch.kernels.block import streams_branch
 from qtorch.rounding import Rounding
 
 #: The ``tensor_scale`` value that asks for NVIDIA's per-tensor scale, computed from x.
@@ -117,13 +117,12 @@ class NVFP4(BlocksAlongDim, Format):
         return 0.5 * kernel.E4M3_MIN_POSITIVE * float(self.tensor_scale or 1.0)
 
     def shape_branches(self, shape: Sequence[int], device_type: str) -> tuple[bool, ...]:
-        """The blocks' branches (:meth:`BlocksAlongDim.shape_branches`) and, with ``"amax"``
-        on the CPU, whether x has the :data:`~qtorch.kernels.block.STREAMED_MIN` elements
-        from which the tensor's maximum is read as rows at once
-        (:func:`qtorch.kernels.mx.finite_amax`)."""
+        """The blocks' branches (:meth:`BlocksAlongDim.shape_branches`) and, with ``"amax"``,
+        the tensor maximum's (:func:`qtorch.kernels.mx.finite_amax`:
+        :func:`~qtorch.kernels.block.streams_branch`)."""
         branches = super().shape_branches(shape, device_type)
-        if self.tensor_scale == DYNAMIC and device_type == "cpu":
-            branches += (math.prod(shape) >= STREAMED_MIN,)
+        if self.tensor_scale == DYNAMIC:
+            branches += streams_branch(shape, device_type)
         return branches
 
     def tensor_scale_of(self, x: torch.Tensor) -> torch.Tensor | None:

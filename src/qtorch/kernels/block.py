@@ -50,15 +50,10 @@ def block_max(x: torch.Tensor, dim: int) -> torch.Tensor:
         lay = layout(x.dtype)
         magnitude = x.view(lay.int_dtype) & ((1 << (lay.exponent_bits + lay.mantissa_bits)) - 1)
     if dim == -1:
-        # compiled off the CPU (Triton): in rows; compiled on the CPU, in rows read at once
-        # (sizes from STREAMED_MIN on get a kernel of their own: Format.shape_branches)
-        compiled = torch.compiler.is_compiling()
-        if compiled and x.device.type != "cpu":
-            top = max_in_rows(magnitude)
-        elif compiled and magnitude.dim() == 1 and magnitude.numel() >= STREAMED_MIN:
-            top = max_in_streams(magnitude)
-        else:
-            top = magnitude.amax()
+        # compiled off the CPU (Triton): in rows; else whole_max (in rows read at once where
+        # compiled for the CPU)
+        rows = x.device.type != "cpu" and torch.compiler.is_compiling()
+        top = max_in_rows(magnitude) if rows else whole_max(magnitude)
     else:
         others = [d for d in range(x.ndim) if d != dim]
         top = magnitude.amax(dim=others, keepdim=True) if others else magnitude
@@ -72,6 +67,23 @@ STREAMS = 9
 #: :func:`max_in_streams`: rows of at least 2 (Dynamo specializes a length of 0 or 1, and
 #: guards on it), so one kernel serves every size from here on.
 STREAMED_MIN = 2 * STREAMS
+
+
+def streams_branch(shape: Sequence[int], device_type: str) -> tuple[bool, ...]:
+    """The choice :func:`whole_max` makes on x's shape in a kernel compiled for
+    ``device_type``, as a part of its key (``Format.shape_branches``): on the CPU, whether
+    x has the :data:`STREAMED_MIN` elements from which it reads rows at once; elsewhere
+    none."""
+    return (math.prod(shape) >= STREAMED_MIN,) if device_type == "cpu" else ()
+
+
+def whole_max(t: torch.Tensor) -> torch.Tensor:
+    """``t.amax()``; in a kernel compiled for the CPU, from :data:`STREAMED_MIN` elements
+    (:func:`streams_branch`), t flattened and read as rows at once (:func:`max_in_streams`).
+    NaN propagates either way."""
+    if torch.compiler.is_compiling() and any(streams_branch(t.shape, t.device.type)):
+        return max_in_streams(t.reshape(-1))
+    return t.amax()
 
 
 def max_in_streams(t: torch.Tensor) -> torch.Tensor:

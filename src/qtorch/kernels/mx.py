@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from qtorch.kernels.bits import exponent, isnan, layout, ldexp, mul_pow2
-from qtorch.kernels.block import STREAMED_MIN, max_in_streams
+from qtorch.kernels.block import whole_max
 from qtorch.kernels.per_block import stored
 from qtorch.rounding import Rounding
 
@@ -318,16 +318,12 @@ def finite_amax(x: torch.Tensor) -> torch.Tensor:
     """The largest finite |x| (0-d, x's dtype; 0 for an empty x or one without finite values).
 
     Compiled for the CPU, from :data:`~qtorch.kernels.block.STREAMED_MIN` elements, read as
-    rows at once (:func:`~qtorch.kernels.block.max_in_streams`; ``NVFP4.shape_branches``
-    gives those sizes a kernel of their own)."""
-    n = x.numel()
-    if n == 0:
+    rows at once (:func:`~qtorch.kernels.block.whole_max`; ``NVFP4.shape_branches`` gives
+    those sizes a kernel of their own)."""
+    if x.numel() == 0:
         return torch.zeros((), dtype=x.dtype, device=x.device)
     magnitude = x.abs()
-    finite = torch.where(magnitude < math.inf, magnitude, 0.0)
-    if torch.compiler.is_compiling() and x.device.type == "cpu" and n >= STREAMED_MIN:
-        return max_in_streams(finite.reshape(-1))
-    return finite.amax()
+    return whole_max(torch.where(magnitude < math.inf, magnitude, 0.0))
 
 
 def tensor_scale_from_max(largest: torch.Tensor) -> torch.Tensor:
